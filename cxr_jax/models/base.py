@@ -1,0 +1,281 @@
+"""A model as a pipeline of named stages.
+
+Every attribution method needs one of three things from a network: the gradient with respect to
+the input, the activation (and its gradient) at a named layer, or the power to replace the
+activation at a named layer. A `Model` gives all three through one pure function:
+
+    logits, acts = model.apply(variables, x, taps=("denseblock3",),
+                               edits={"denseblock3": lambda a: a + delta})
+
+A model is a tuple of `Stage`s in forward order. Each stage owns a Flax module (or none, for
+parameter-free stages such as pooling) and the path of its variables inside the whole tree, which
+mirrors torchvision's `state_dict` names (`features.denseblock1.denselayer1.conv1` ...), so weights
+convert by name. `apply(start=S)` runs only the stages after `S` on an activation of `S`, so a
+method can run the prefix of the network once and rerun only the suffix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Variables = Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One named stage of a pipeline.
+
+    Attributes:
+      name: the stage name users tap, edit and start from (torchvision's module name).
+      path: where the stage's variables live in the variables tree, or () for none.
+      module: a Flax module, or None.
+      fn: a parameter-free function `x -> y`, used when `module` is None.
+      mode: how the module learns train/eval mode: "train" (called with `train=`),
+        "batchnorm" (a bare BatchNorm, called with `use_running_average=`) or "none".
+    """
+
+    name: str
+    path: tuple[str, ...] = ()
+    module: nn.Module | None = None
+    fn: Callable[[Array], Array] | None = None
+    mode: str = "train"
+
+    def kwargs(self, train: bool) -> dict:
+        if self.mode == "train":
+            return {"train": train}
+        if self.mode == "batchnorm":
+            return {"use_running_average": not train}
+        return {}
+
+
+def _get_path(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(tree, Mapping) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
+
+
+def _set_path(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model:
+    """A classifier as a pipeline of named stages (see module docstring).
+
+    A `Model` is an immutable, hashable description: it can be closed over or passed as a static
+    argument to `jax.jit`. Variables live outside it, as in Flax.
+
+    Attributes:
+      name: registry name, e.g. "densenet121".
+      stages: the `Stage`s in forward order; the last produces the logits.
+      num_classes: size of the output (1 = a regression head, raw output).
+      in_channels: channels the input must have.
+      min_size: smallest spatial input size the architecture accepts.
+      config: the builder's keyword arguments, so variants (guided ReLU, dtype) can be rebuilt.
+    """
+
+    name: str
+    stage_list: tuple[Stage, ...]
+    num_classes: int
+    in_channels: int
+    min_size: int = 32
+    config: tuple[tuple[str, Any], ...] = ()
+
+    def _key(self):
+        return (self.name, self.num_classes, self.in_channels, self.config)
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Model) and self._key() == other._key()
+
+    def __repr__(self) -> str:
+        return (f"Model({self.name!r}, num_classes={self.num_classes}, "
+                f"in_channels={self.in_channels}, {len(self.stage_list)} stages)")
+
+    # ------------------------------------------------------------------ names
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """Stage names in forward order."""
+        return tuple(s.name for s in self.stage_list)
+
+    def _index(self, name: str, what: str) -> int:
+        names = self.stages
+        if not isinstance(name, str) or name not in names:
+            raise ValueError(
+                f"Unknown {what} {name!r} for model {self.name!r}. Valid stage names: "
+                f"{', '.join(names)}."
+            )
+        return names.index(name)
+
+    def _check_input(self, x: Array, start: str | None) -> None:
+        if start is not None:
+            return
+        shape = getattr(x, "shape", None)
+        if shape is None or len(shape) != 4:
+            raise ValueError(
+                f"{self.name}: expected an image batch of rank 4 [B, H, W, C] with "
+                f"C={self.in_channels}, got shape {shape}. Add a batch axis (x[None]) or a "
+                f"channel axis (x[..., None]) as needed."
+            )
+        if shape[-1] != self.in_channels:
+            raise ValueError(
+                f"{self.name}: expected {self.in_channels} input channel(s) in the last axis "
+                f"(NHWC), got shape {tuple(shape)}. Build the model with "
+                f"in_channels={shape[-1]} or convert the image."
+            )
+        if shape[1] < self.min_size or shape[2] < self.min_size:
+            raise ValueError(
+                f"{self.name}: input {shape[1]}x{shape[2]} is smaller than the minimum "
+                f"{self.min_size}x{self.min_size} this architecture can downsample."
+            )
+
+    # ------------------------------------------------------------- variables
+    def init(self, key: Array, x: Array) -> dict:
+        """Initialises all variables by running `x` through every stage once.
+
+        Args:
+          key: a PRNG key.
+          x: an example input [B, H, W, C] (only its shape and dtype matter).
+        Returns:
+          {"params": ..., "batch_stats": ...} nested as torchvision names the modules.
+        """
+        self._check_input(x, None)
+        variables: dict[str, dict] = {}
+        h = x
+        for i, stage in enumerate(self.stage_list):
+            if stage.module is None:
+                h = stage.fn(h)
+                continue
+            kw = stage.kwargs(False)
+            v = stage.module.init(jax.random.fold_in(key, i), h, **kw)
+            for col, tree in v.items():
+                _set_path(variables.setdefault(col, {}), stage.path, tree)
+            h = stage.module.apply(v, h, **kw)
+        return variables
+
+    def param_count(self, variables: Variables | None = None) -> int:
+        """Number of trainable parameters (computed with `jax.eval_shape`, no allocation)."""
+        if variables is None:
+            x = jax.ShapeDtypeStruct((1, 224, 224, self.in_channels), jnp.float32)
+            variables = jax.eval_shape(self.init, jax.random.key(0), x)
+        return sum(int(p.size) for p in jax.tree_util.tree_leaves(variables["params"]))
+
+    # ----------------------------------------------------------------- apply
+    def apply(
+        self,
+        variables: Variables,
+        x: Array,
+        *,
+        taps: Sequence[str] = (),
+        edits: Mapping[str, Callable[[Array], Array]] | None = None,
+        start: str | None = None,
+        train: bool = False,
+        mutable: Sequence[str] | bool = False,
+    ):
+        """Runs the pipeline.
+
+        Args:
+          variables: {"params", "batch_stats"} as returned by `init` (or converted weights).
+          x: images [B, H, W, C]; with `start=S`, an activation of stage S instead.
+          taps: stage names whose outputs (after any edit) are returned.
+          edits: {stage: f}; f is applied to the stage's output before the next stage reads it.
+            An additive edit at zero gives the gradient with respect to that stage; a
+            bottleneck is an edit.
+          start: run only the stages after this one, treating `x` as its output.
+          train: batch-norm uses batch statistics (pass `mutable=["batch_stats"]` to get the
+            updated running statistics back, as in Flax).
+          mutable: Flax-style mutable collections, used with train=True.
+        Returns:
+          logits [B, num_classes]; `(logits, {stage: activation})` when taps are given; and,
+          with `mutable`, `(that, {"batch_stats": new_stats})`.
+        """
+        edits = dict(edits or {})
+        taps = tuple(taps)
+        first = 0 if start is None else self._index(start, "start stage") + 1
+        for name in taps:
+            i = self._index(name, "tap")
+            if i < first - (start is not None):
+                raise ValueError(
+                    f"Cannot tap {name!r}: it runs before start={start!r}. Tap a stage from "
+                    f"{start!r} on."
+                )
+        for name in edits:
+            i = self._index(name, "edit")
+            if i < first:
+                raise ValueError(
+                    f"Cannot edit {name!r}: it runs at or before start={start!r}; edit the input "
+                    f"activation directly instead."
+                )
+        self._check_input(x, start)
+        if mutable and not train:
+            raise ValueError("mutable collections are only updated with train=True.")
+        if train and not mutable:
+            raise ValueError(
+                "train=True updates batch statistics: pass mutable=['batch_stats'] and take "
+                "(outputs, updates) back, as with Flax."
+            )
+
+        acts: dict[str, Array] = {}
+        new_stats: dict[str, Any] = {}
+        h = x
+        if start is not None and start in taps:
+            acts[start] = h
+        for stage in self.stage_list[first:]:
+            if stage.module is None:
+                h = stage.fn(h)
+            else:
+                v = {
+                    col: sub
+                    for col in ("params", "batch_stats")
+                    if (sub := _get_path(variables.get(col, {}), stage.path)) is not None
+                }
+                kw = stage.kwargs(train)
+                if train and "batch_stats" in v:
+                    h, upd = stage.module.apply(v, h, mutable=["batch_stats"], **kw)
+                    _set_path(new_stats, stage.path, upd["batch_stats"])
+                else:
+                    h = stage.module.apply(v, h, **kw)
+            if stage.name in edits:
+                h = edits[stage.name](h)
+            if stage.name in taps:
+                acts[stage.name] = h
+        out = (h, acts) if taps else h
+        if mutable:
+            return out, {"batch_stats": new_stats}
+        return out
+
+    # ----------------------------------------------------------- variants
+    def with_guided_relu(self) -> "Model":
+        """The same model with every ReLU replaced by the guided-backprop ReLU."""
+        return self._rebuild(guided=True)
+
+    def with_dtype(self, dtype: Any) -> "Model":
+        """The same model computing in `dtype` (e.g. jnp.bfloat16); parameters stay float32."""
+        return self._rebuild(dtype=dtype)
+
+    def _rebuild(self, **changes) -> "Model":
+        from cxr_jax.models import registry  # local import: the registry builds models
+
+        return registry.rebuild(self, **changes)
+
+
+def stage_shapes(model: Model, x_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """Output shape of every stage for an input of shape `x_shape` (no allocation)."""
+    x = jax.ShapeDtypeStruct(tuple(x_shape), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    _, acts = jax.eval_shape(
+        lambda v, x: model.apply(v, x, taps=model.stages), variables, x
+    )
+    return {k: tuple(a.shape) for k, a in acts.items()}

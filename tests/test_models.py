@@ -1,0 +1,207 @@
+"""The stage-pipeline models: sizes, stages, taps, edits, start, guided ReLU, compilation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cxr_jax import models
+from cxr_jax.models import guided_relu, stage_shapes
+
+TORCHVISION_PARAMS = {
+    "densenet121": 7_978_856,
+    "densenet169": 14_149_480,
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet152": 60_192_808,
+}
+TINY = ("densenet_tiny", "resnet_tiny", "resnet_tiny_bottleneck")
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_PARAMS))
+def test_parameter_counts_equal_torchvision(name):
+    model = models.get(name, num_classes=1000, in_channels=3)
+    assert model.param_count() == TORCHVISION_PARAMS[name]
+
+
+def test_registry_names_and_errors():
+    assert set(TORCHVISION_PARAMS) | set(TINY) <= set(models.names())
+    with pytest.raises(ValueError, match="Registered models: .*densenet121"):
+        models.get("densenet122", num_classes=2)
+    with pytest.raises(ValueError, match="num_classes"):
+        models.get("resnet18", num_classes=0)
+
+
+def test_stage_names_mirror_torchvision():
+    dn = models.get("densenet121", num_classes=14)
+    assert dn.stages[:6] == ("conv0", "norm0", "relu0", "pool0", "denseblock1", "transition1")
+    assert dn.stages[-3:] == ("norm5", "avgpool", "classifier")
+    rn = models.get("resnet50", num_classes=14)
+    assert rn.stages[:5] == ("conv1", "bn1", "relu", "maxpool", "layer1.0")
+    assert {"layer4.0", "layer4.2", "layer4"} <= set(rn.stages)
+    assert rn.stages.index("layer4.2") + 1 == rn.stages.index("layer4")
+
+
+def test_stage_shapes_full_size():
+    shapes = stage_shapes(models.get("densenet121", num_classes=14), (2, 224, 224, 1))
+    assert shapes["conv0"] == (2, 112, 112, 64)
+    assert shapes["pool0"] == (2, 56, 56, 64)
+    assert shapes["denseblock1"] == (2, 56, 56, 256)
+    assert shapes["transition1"] == (2, 28, 28, 128)
+    assert shapes["denseblock3"] == (2, 14, 14, 1024)
+    assert shapes["norm5"] == (2, 7, 7, 1024)
+    assert shapes["avgpool"] == (2, 1024)
+    assert shapes["classifier"] == (2, 14)
+    shapes = stage_shapes(models.get("resnet50", num_classes=1), (1, 224, 224, 1))
+    assert shapes["layer4"] == (1, 7, 7, 2048) and shapes["fc"] == (1, 1)
+
+
+def _tiny(name, num_classes=3, size=48, batch=2, seed=0):
+    model = models.get(name, num_classes=num_classes)
+    x = jax.random.normal(jax.random.key(seed), (batch, size, size, 1))
+    variables = model.init(jax.random.key(1), x)
+    # Non-trivial batch statistics so eval-mode BN is not the identity.
+    variables["batch_stats"] = jax.tree_util.tree_map(
+        lambda s: s + 0.1 * jax.random.uniform(jax.random.key(2), s.shape), variables["batch_stats"])
+    return model, variables, x
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_every_stage_tappable_and_consistent(name):
+    model, variables, x = _tiny(name)
+    logits, acts = model.apply(variables, x, taps=model.stages)
+    assert set(acts) == set(model.stages)
+    expected = stage_shapes(model, x.shape)
+    assert {k: a.shape for k, a in acts.items()} == expected
+    np.testing.assert_allclose(acts[model.stages[-1]], logits)
+    np.testing.assert_allclose(model.apply(variables, x), logits, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_start_reproduces_logits_from_every_stage(name):
+    model, variables, x = _tiny(name)
+    logits, acts = model.apply(variables, x, taps=model.stages)
+    for stage in model.stages[:-1]:
+        out = model.apply(variables, acts[stage], start=stage)
+        np.testing.assert_allclose(out, logits, rtol=1e-5, atol=1e-5, err_msg=stage)
+
+
+def test_identity_edit_and_edit_changes_downstream():
+    model, variables, x = _tiny("densenet_tiny")
+    logits = model.apply(variables, x)
+    same = model.apply(variables, x, edits={"denseblock2": lambda a: a})
+    np.testing.assert_array_equal(same, logits)
+    zeroed, acts = model.apply(variables, x, edits={"denseblock2": jnp.zeros_like},
+                               taps=("denseblock2",))
+    assert float(jnp.abs(acts["denseblock2"]).max()) == 0.0
+    assert not np.allclose(zeroed, logits)
+
+
+@pytest.mark.parametrize("name,layer", [("densenet_tiny", "denseblock3"),
+                                        ("resnet_tiny", "layer3.0"),
+                                        ("resnet_tiny_bottleneck", "layer2")])
+def test_additive_edit_gradient_equals_start_gradient(name, layer):
+    model, variables, x = _tiny(name)
+    _, acts = model.apply(variables, x, taps=(layer,))
+    a = acts[layer]
+
+    def via_edit(d):
+        return model.apply(variables, x, edits={layer: lambda h: h + d})[:, 1].sum()
+
+    def via_start(a):
+        return model.apply(variables, a, start=layer)[:, 1].sum()
+
+    g_edit = jax.grad(via_edit)(jnp.zeros_like(a))
+    g_start = jax.grad(via_start)(a)
+    np.testing.assert_allclose(g_edit, g_start, rtol=1e-5, atol=1e-6)
+    assert float(jnp.abs(g_start).max()) > 0
+
+
+def test_errors_name_the_problem():
+    model, variables, x = _tiny("resnet_tiny")
+    with pytest.raises(ValueError, match="Unknown tap 'layer9'.*Valid stage names: conv1"):
+        model.apply(variables, x, taps=("layer9",))
+    with pytest.raises(ValueError, match="Unknown edit"):
+        model.apply(variables, x, edits={"nope": jnp.abs})
+    with pytest.raises(ValueError, match="Unknown start stage"):
+        model.apply(variables, x, start="nope")
+    with pytest.raises(ValueError, match="rank 4"):
+        model.apply(variables, x[0])
+    with pytest.raises(ValueError, match="1 input channel"):
+        model.apply(variables, jnp.concatenate([x, x, x], axis=-1))
+    with pytest.raises(ValueError, match="runs before start"):
+        model.apply(variables, x, start="layer2", taps=("layer1",))
+    with pytest.raises(ValueError, match="mutable"):
+        model.apply(variables, x, train=True)
+
+
+def test_train_mode_updates_batch_stats():
+    model, variables, x = _tiny("resnet_tiny")
+    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert logits.shape == (2, 3)
+    old = jax.tree_util.tree_leaves(variables["batch_stats"])
+    new = jax.tree_util.tree_leaves(updates["batch_stats"])
+    assert len(old) == len(new) and any(not np.allclose(a, b) for a, b in zip(old, new))
+    assert jax.tree_util.tree_structure(updates["batch_stats"]) == \
+        jax.tree_util.tree_structure(variables["batch_stats"])
+
+
+def test_regression_head_is_raw():
+    model, variables, x = _tiny("densenet_tiny", num_classes=1)
+    out = model.apply(variables, x)
+    assert out.shape == (2, 1)
+    feats = model.apply(variables, x, taps=("avgpool",))[1]["avgpool"]
+    p = variables["params"]["classifier"]
+    np.testing.assert_allclose(out, feats @ p["kernel"] + p["bias"], rtol=1e-5, atol=1e-6)
+
+
+def test_jit_vmap_and_no_recompile():
+    model, variables, x = _tiny("densenet_tiny")
+    traces = []
+
+    def fwd(v, x):
+        traces.append(1)
+        return model.apply(v, x)
+
+    f = jax.jit(fwd)
+    a = f(variables, x)
+    b = f(variables, x + 1.0)
+    assert len(traces) == 1
+    # A rebuilt, equal model hashes equal: no recompile when used as a static argument.
+    g = jax.jit(lambda m, v, x: m.apply(v, x), static_argnums=0)
+    g(model, variables, x)
+    g(models.get("densenet_tiny", num_classes=3), variables, x)
+    assert g._cache_size() == 1
+    per_image = jax.vmap(lambda xi: model.apply(variables, xi[None])[0])(x)
+    np.testing.assert_allclose(per_image, a, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(a, b)
+
+
+def test_guided_relu_backward_rule():
+    x = jnp.array([-2.0, -1.0, 0.5, 1.0, 3.0])
+    g = jnp.array([1.0, -1.0, 2.0, -3.0, 0.5])
+    _, vjp = jax.vjp(guided_relu, x)
+    np.testing.assert_array_equal(vjp(g)[0], jnp.array([0.0, 0.0, 2.0, 0.0, 0.5]))
+    np.testing.assert_array_equal(guided_relu(x), jax.nn.relu(x))
+
+
+def test_guided_model_same_forward_guided_gradient():
+    model, variables, x = _tiny("resnet_tiny")
+    guided = model.with_guided_relu()
+    assert guided != model and guided.stages == model.stages
+    np.testing.assert_allclose(guided.apply(variables, x), model.apply(variables, x), rtol=1e-6)
+
+    def grad(m):
+        return jax.grad(lambda x: m.apply(variables, x)[:, 0].sum())(x)
+
+    assert not np.allclose(grad(guided), grad(model))
+
+
+def test_bf16_compute_keeps_float32_params():
+    model, variables, x = _tiny("densenet_tiny")
+    low = model.with_dtype(jnp.bfloat16)
+    out = low.apply(variables, x)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(out.astype(np.float32), model.apply(variables, x), atol=0.1,
+                               rtol=0.1)
