@@ -1,0 +1,103 @@
+"""Metrics: classification, localisation, faithfulness and randomisation sanity checks.
+
+Every metric is a pure function returning per-image values (NaN where undefined, e.g. an image
+without ground truth) plus aggregate helpers. Metrics that query the model take
+`(model, variables, x, saliency, targets)` with `model.apply(variables, x) -> logits`.
+Definitions: docs/METHODS.md ("Localisation metrics", "Faithfulness metrics").
+"""
+
+from cxr_jax.metrics.classification import (
+    Sums,
+    accuracy,
+    accuracy_sums,
+    auroc,
+    mae,
+    mae_sums,
+    multilabel_accuracy,
+    multilabel_accuracy_sums,
+)
+from cxr_jax.metrics.faithfulness import (
+    PerturbationCurve,
+    SensitivityN,
+    deletion_auc,
+    deletion_curve,
+    gaussian_blur,
+    insertion_auc,
+    insertion_curve,
+    sensitivity_n,
+    sensitivity_n_values,
+)
+from cxr_jax.metrics.localization import (
+    PointingGameSummary,
+    agreement_matrix,
+    box_iou,
+    box_mask,
+    box_set_iou,
+    boxes_from_saliency,
+    centre_point_saliency,
+    effective_heat_ratio,
+    iobb,
+    ior,
+    pointing_game,
+    pointing_game_centre,
+    pointing_game_points,
+    pointing_game_summary,
+    top_class_mask,
+)
+from cxr_jax.metrics.randomization import (
+    ConsistencySummary,
+    cascading_randomization,
+    consistency_summary,
+    independent_randomization,
+    model_layer_paths,
+    randomize_layers,
+    spearman,
+    ssim,
+)
+
+__all__ = [
+    # classification
+    "Sums",
+    "accuracy",
+    "accuracy_sums",
+    "auroc",
+    "mae",
+    "mae_sums",
+    "multilabel_accuracy",
+    "multilabel_accuracy_sums",
+    # localisation
+    "PointingGameSummary",
+    "agreement_matrix",
+    "box_iou",
+    "box_mask",
+    "box_set_iou",
+    "boxes_from_saliency",
+    "centre_point_saliency",
+    "effective_heat_ratio",
+    "iobb",
+    "ior",
+    "pointing_game",
+    "pointing_game_centre",
+    "pointing_game_points",
+    "pointing_game_summary",
+    "top_class_mask",
+    # faithfulness
+    "PerturbationCurve",
+    "SensitivityN",
+    "deletion_auc",
+    "deletion_curve",
+    "gaussian_blur",
+    "insertion_auc",
+    "insertion_curve",
+    "sensitivity_n",
+    "sensitivity_n_values",
+    # randomisation and consistency
+    "ConsistencySummary",
+    "cascading_randomization",
+    "consistency_summary",
+    "independent_randomization",
+    "model_layer_paths",
+    "randomize_layers",
+    "spearman",
+    "ssim",
+]

@@ -1,0 +1,335 @@
+"""Faithfulness metrics that query the model: insertion / deletion AUC and sensitivity-N.
+
+All functions take the pair every model-dependent metric takes,
+`(model, variables, x [B, H, W, C], saliency [B, H, W], targets)`, where `model.apply(variables,
+x)` returns logits [B, K] (DESIGN.md's contract) and `targets` is either per-image class
+indices [B] or a callable `logits [B, K] -> score [B]` (regression, custom scores).
+
+They are pure and contain no `jax.jit`: wrap them yourself, closing over the model and the
+static keyword arguments, e.g.
+
+    fn = jax.jit(functools.partial(deletion_curve, model, pixels_per_step=25))
+    res = fn(variables, x, saliency, targets)
+
+Every perturbed image is a function of a step (or mask) index, so all of them are evaluated by
+one `jax.lax.map(..., batch_size=...)` over the indices: static shapes, one compiled model call
+for `batch_size` steps of the whole image batch, no Python loop over steps, and memory bounded
+by `batch_size * B` images.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "gaussian_blur",
+    "PerturbationCurve",
+    "deletion_curve",
+    "insertion_curve",
+    "deletion_auc",
+    "insertion_auc",
+    "SensitivityN",
+    "sensitivity_n",
+    "sensitivity_n_values",
+]
+
+Targets = Union[jax.Array, np.ndarray, Callable[[jax.Array], jax.Array]]
+
+
+# --------------------------------------------------------------------------- helpers
+def _blur_matrix(n: int, sigma: float, truncate: float) -> np.ndarray:
+    """[n, n] matrix G with (G @ v) = scipy.ndimage.gaussian_filter1d(v, sigma, mode="reflect")."""
+    return ndimage.gaussian_filter1d(np.eye(n), sigma, axis=0, mode="reflect",
+                                     truncate=truncate).astype(np.float32)
+
+
+def gaussian_blur(x, sigma: float, *, truncate: float = 4.0):
+    """Separable Gaussian blur of images, identical to scipy's `gaussian_filter` (reflect mode).
+
+    blur(x) = G_H x G_W^T per channel, where G_n is the 1-D Gaussian filter (std `sigma`
+    pixels, kernel radius round(truncate * sigma)) with half-sample symmetric ("reflect")
+    boundaries, written as an n x n matrix. Exact for any sigma, including kernels wider than
+    the image, and two small matmuls on any accelerator.
+
+    Args:
+      x: [B, H, W, C] images.
+      sigma: standard deviation in pixels (0 = no blur).
+      truncate: kernel radius in standard deviations (scipy's default 4).
+    Returns:
+      [B, H, W, C], same dtype as x.
+    """
+    x = jnp.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"x must be [B, H, W, C], got {x.shape}.")
+    if sigma < 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma}.")
+    if sigma == 0:
+        return x
+    gh = jnp.asarray(_blur_matrix(x.shape[1], sigma, truncate))
+    gw = jnp.asarray(_blur_matrix(x.shape[2], sigma, truncate))
+    y = jnp.einsum("ij,bjwc->biwc", gh, x.astype(jnp.float32))
+    y = jnp.einsum("kw,biwc->bikc", gw, y)
+    return y.astype(x.dtype)
+
+
+def _check_inputs(x, saliency):
+    x = jnp.asarray(x)
+    saliency = jnp.asarray(saliency)
+    if x.ndim != 4:
+        raise ValueError(f"x must be an image batch [B, H, W, C], got {x.shape}.")
+    if saliency.shape != x.shape[:3]:
+        raise ValueError(
+            f"saliency must be [B, H, W] = {x.shape[:3]} to match x {x.shape}, got "
+            f"{saliency.shape}; upsample the maps to the input size first.")
+    return x, saliency
+
+
+def _score_fn(targets: Targets, batch: int, *, probability: bool):
+    """logits [..., B, K] -> score [..., B] for the target of each image."""
+    if callable(targets):
+        return targets
+    t = jnp.asarray(targets)
+    if t.shape != (batch,) or not jnp.issubdtype(t.dtype, jnp.integer):
+        raise ValueError(f"targets must be integer class indices [B] = [{batch}] or a callable "
+                         f"logits -> score [B]; got {t.shape} {t.dtype}.")
+
+    def score(logits):
+        z = jnp.take_along_axis(logits, t[:, None], axis=-1)[..., 0]
+        return jax.nn.sigmoid(z) if probability else z
+
+    return score
+
+
+def _baseline(x, baseline, sigma: float):
+    if isinstance(baseline, str):
+        if baseline == "blur":
+            return gaussian_blur(x, sigma)
+        if baseline == "zeros":
+            return jnp.zeros_like(x)
+        raise ValueError(f'baseline must be "blur", "zeros" or an array, got {baseline!r}.')
+    b = jnp.asarray(baseline, x.dtype)
+    try:
+        return jnp.broadcast_to(b, x.shape)
+    except ValueError:
+        raise ValueError(f"baseline of shape {b.shape} does not broadcast to x {x.shape}.")
+
+
+# --------------------------------------------------------------------------- insertion/deletion
+class PerturbationCurve(NamedTuple):
+    """An insertion or deletion curve.
+
+    Attributes:
+      auc: [B] trapezoid area under `scores` over `fractions`.
+      scores: [B, S + 1] target score after 0, 1, ..., S steps.
+      fractions: [S + 1] share of the perturbed budget done after each step (0 ... 1).
+    """
+
+    auc: jax.Array
+    scores: jax.Array
+    fractions: jax.Array
+
+
+def _perturbation_curve(mode, model, variables, x, saliency, targets, *, baseline, sigma,
+                        pixels_per_step, fraction, steps_per_batch):
+    x, saliency = _check_inputs(x, saliency)
+    b, h, w, _ = x.shape
+    if pixels_per_step < 1 or int(pixels_per_step) != pixels_per_step:
+        raise ValueError(f"pixels_per_step must be a positive integer, got {pixels_per_step}.")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
+    pixels_per_step = int(pixels_per_step)
+    n_total = max(1, int(round(fraction * h * w)))
+    n_steps = math.ceil(n_total / pixels_per_step)
+    score = _score_fn(targets, b, probability=True)
+    base = _baseline(x, baseline, sigma)
+
+    # Rank pixels by saliency (descending; ties in row-major order) and record the step at
+    # which each pixel is perturbed: the pixel of rank r at step r // pps + 1, none beyond the
+    # budget.
+    flat = saliency.reshape(b, h * w)
+    order = jnp.argsort(-flat, axis=-1, stable=True)
+    rank = jnp.argsort(order, axis=-1)
+    step_of = jnp.where(rank < n_total, rank // pixels_per_step + 1, n_steps + 1)
+    step_of = step_of.reshape(b, h, w, 1)
+    start, end = (x, base) if mode == "deletion" else (base, x)
+
+    def at_step(k):
+        img = jnp.where(step_of <= k, end, start)
+        return score(model.apply(variables, img))
+
+    scores = jax.lax.map(at_step, jnp.arange(n_steps + 1), batch_size=steps_per_batch)
+    scores = scores.T  # [B, S + 1]
+    fractions = jnp.minimum(jnp.arange(n_steps + 1) * pixels_per_step, n_total) / n_total
+    auc = jnp.trapezoid(scores, fractions, axis=-1)
+    return PerturbationCurve(auc, scores, fractions.astype(scores.dtype))
+
+
+_CURVE_DOC = """
+
+    The pixels are ranked by saliency (descending, ties in row-major order); the top
+    `fraction` of them (n = round(fraction * H * W)) are changed `pixels_per_step` at a time
+    (S = ceil(n / pixels_per_step) steps, the last one possibly partial), all channels of a
+    pixel together. score = sigmoid(logit of the target) for class targets, or `targets(logits)`
+    for a callable. AUC = trapezoid rule over the share of the budget done, 0 ... 1, so it lies
+    in [0, 1] for probabilities. Defaults follow the CXR reference in METHODS.md (blurred
+    baseline with sigma 10, 25 pixels per step, top 50%).
+
+    Args:
+      model: object with `apply(variables, x) -> logits [B, K]`.
+      variables: the model's variables.
+      x: [B, H, W, C] images.
+      saliency: [B, H, W] maps at the input resolution (raw; only the order matters).
+      targets: [B] int class indices, or a callable logits [B, K] -> score [B].
+      baseline: "blur" (Gaussian blur of x with `sigma`), "zeros", or an array broadcastable
+        to x.
+      sigma: blur standard deviation in pixels.
+      pixels_per_step: pixels changed per step.
+      fraction: share of the image's pixels changed in total.
+      steps_per_batch: steps evaluated per model call (lax.map batch size); memory grows as
+        steps_per_batch * B images.
+    Returns:
+      PerturbationCurve(auc [B], scores [B, S + 1], fractions [S + 1]).
+    """
+
+
+def deletion_curve(model, variables, x, saliency, targets: Targets, *, baseline="blur",
+                   sigma: float = 10.0, pixels_per_step: int = 25, fraction: float = 0.5,
+                   steps_per_batch: int = 16) -> PerturbationCurve:
+    return _perturbation_curve("deletion", model, variables, x, saliency, targets,
+                               baseline=baseline, sigma=sigma, pixels_per_step=pixels_per_step,
+                               fraction=fraction, steps_per_batch=steps_per_batch)
+
+
+deletion_curve.__doc__ = (
+    "Deletion curve: replace the most salient pixels by the baseline, step by step; a faithful "
+    "map makes the score fall fast (low AUC is good).\n\n"
+    "    image_k = where(rank < k * pixels_per_step, baseline, x), k = 0 ... S." + _CURVE_DOC)
+
+
+def insertion_curve(model, variables, x, saliency, targets: Targets, *, baseline="blur",
+                    sigma: float = 10.0, pixels_per_step: int = 25, fraction: float = 0.5,
+                    steps_per_batch: int = 16) -> PerturbationCurve:
+    return _perturbation_curve("insertion", model, variables, x, saliency, targets,
+                               baseline=baseline, sigma=sigma, pixels_per_step=pixels_per_step,
+                               fraction=fraction, steps_per_batch=steps_per_batch)
+
+
+insertion_curve.__doc__ = (
+    "Insertion curve: restore the most salient pixels into the baseline, step by step; a "
+    "faithful map makes the score rise fast (high AUC is good).\n\n"
+    "    image_k = where(rank < k * pixels_per_step, x, baseline), k = 0 ... S." + _CURVE_DOC)
+
+
+def deletion_auc(model, variables, x, saliency, targets: Targets, **kwargs):
+    """Deletion AUC [B] (lower is better); keyword arguments as `deletion_curve`."""
+    return deletion_curve(model, variables, x, saliency, targets, **kwargs).auc
+
+
+def insertion_auc(model, variables, x, saliency, targets: Targets, **kwargs):
+    """Insertion AUC [B] (higher is better); keyword arguments as `insertion_curve`."""
+    return insertion_curve(model, variables, x, saliency, targets, **kwargs).auc
+
+
+# --------------------------------------------------------------------------- sensitivity-N
+class SensitivityN(NamedTuple):
+    """Sensitivity-N results.
+
+    Attributes:
+      n_values: [N] numbers of masked pixels.
+      correlation: [B, N] Pearson correlation per image and n (NaN replaced by 0).
+    """
+
+    n_values: np.ndarray
+    correlation: jax.Array
+
+
+def sensitivity_n_values(num_pixels: int, num: int = 50) -> np.ndarray:
+    """The n grid: floor(logspace(0, log10(num_pixels), num)), as integers in [1, num_pixels].
+
+    Small n repeat (1, 1, 1, 2, ...), as in the reference; each repeat draws its own masks.
+    """
+    v = np.floor(np.logspace(0.0, np.log10(num_pixels), num) + 1e-6).astype(np.int64)
+    return np.clip(v, 1, num_pixels)
+
+
+def _pearson_last_axis(a, b):
+    """Pearson correlation along the last axis; exactly constant inputs give NaN."""
+    a = a - a[..., :1]  # shift first: a constant vector becomes exactly zero
+    b = b - b[..., :1]
+    a = a - a.mean(-1, keepdims=True)
+    b = b - b.mean(-1, keepdims=True)
+    num = (a * b).sum(-1)
+    den = jnp.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), jnp.nan)
+
+
+def sensitivity_n(model, variables, x, saliency, targets: Targets, *, key, n_values=None,
+                  num_n: int = 50, num_masks: int = 30, baseline="zeros", sigma: float = 10.0,
+                  masks_per_batch: int = 16) -> SensitivityN:
+    """Sensitivity-N (Ancona et al. 2018): do the map's sums predict the output drop?
+
+    For each n and each of `num_masks` random masks M of exactly n pixels (shared by all
+    images of the batch, all channels of a pixel together):
+      attribution = sum_{hw} saliency * M,
+      drop = f(x) - f(x * (1 - M) + baseline * M),
+    with f = the target's logit (raw, as in the CheXplain-IBA reference) or `targets(logits)`
+    for a callable. The result per image and n is the Pearson correlation of attribution and
+    drop over the masks; an undefined correlation (e.g. n = H * W, where every mask is the same)
+    counts as 0, as in the reference. For a linear model with saliency = gradient x input and a
+    zero baseline the correlation is exactly 1.
+
+    Args:
+      model: object with `apply(variables, x) -> logits [B, K]`.
+      variables: the model's variables.
+      x: [B, H, W, C] images.
+      saliency: [B, H, W] maps at the input resolution.
+      targets: [B] int class indices, or a callable logits -> score [B].
+      key: PRNG key for the masks (mask j uses fold_in(key, j)).
+      n_values: explicit n grid (ints in [1, H*W]); default `sensitivity_n_values(H*W, num_n)`.
+      num_n: size of the default grid (50).
+      num_masks: random masks per n (30).
+      baseline: "zeros" (the reference), "blur", or an array broadcastable to x.
+      sigma: blur standard deviation when baseline="blur".
+      masks_per_batch: masks evaluated per model call (lax.map batch size).
+    Returns:
+      SensitivityN(n_values [N], correlation [B, N]).
+    """
+    x, saliency = _check_inputs(x, saliency)
+    b, h, w, _ = x.shape
+    hw = h * w
+    if n_values is None:
+        n_values = sensitivity_n_values(hw, num_n)
+    n_values = np.asarray(n_values, np.int64).reshape(-1)
+    if n_values.size == 0 or n_values.min() < 1 or n_values.max() > hw:
+        raise ValueError(f"n_values must be integers in [1, H*W = {hw}].")
+    if num_masks < 2:
+        raise ValueError(f"num_masks must be >= 2 to define a correlation, got {num_masks}.")
+    f = _score_fn(targets, b, probability=False)
+    base = _baseline(x, baseline, sigma)
+    clean = f(model.apply(variables, x))  # [B]
+    n_per_mask = jnp.asarray(np.repeat(n_values, num_masks))
+    sal = saliency.astype(jnp.float32)
+
+    def one_mask(args):
+        j, n = args
+        u = jax.random.uniform(jax.random.fold_in(key, j), (hw,))
+        chosen = jnp.zeros((hw,), jnp.float32).at[jnp.argsort(u)].set(
+            (jnp.arange(hw) < n).astype(jnp.float32))
+        m = chosen.reshape(1, h, w, 1).astype(x.dtype)
+        drop = clean - f(model.apply(variables, x * (1 - m) + base * m))
+        attribution = jnp.einsum("bhw,hw->b", sal, chosen.reshape(h, w))
+        return attribution, drop
+
+    idx = jnp.arange(n_per_mask.shape[0])
+    attribution, drop = jax.lax.map(one_mask, (idx, n_per_mask), batch_size=masks_per_batch)
+    shape = (len(n_values), num_masks, b)
+    attribution = attribution.reshape(shape).transpose(2, 0, 1)  # [B, N, M]
+    drop = drop.reshape(shape).transpose(2, 0, 1).astype(jnp.float32)
+    corr = jnp.nan_to_num(_pearson_last_axis(attribution, drop), nan=0.0)
+    return SensitivityN(n_values, corr)
