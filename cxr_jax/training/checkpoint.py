@@ -1,0 +1,76 @@
+"""Orbax checkpoints of the train state together with the data iterator and run bookkeeping.
+
+Two managers under the workdir: `checkpoints/` (periodic, the last `keep`) and `best/` (the
+best-so-far by a metric). Orbax writes each step into a temporary directory and renames it when
+complete, so a run killed mid-write leaves no checkpoint that a restart would pick up.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    """Periodic and best-so-far checkpoints of (train state, JSON extras)."""
+
+    def __init__(self, workdir: str, *, keep: int = 2, best_metric: str | None = None,
+                 best_mode: str = "max"):
+        workdir = os.path.abspath(workdir)
+        self.best_metric = best_metric
+        self.periodic = ocp.CheckpointManager(
+            os.path.join(workdir, "checkpoints"),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                 cleanup_tmp_directories=True))
+        self.best = None
+        if best_metric:
+            self.best = ocp.CheckpointManager(
+                os.path.join(workdir, "best"),
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=1, create=True, best_fn=lambda m: m[best_metric],
+                    best_mode=best_mode, cleanup_tmp_directories=True))
+
+    @staticmethod
+    def _args(state: Any, extras: dict) -> ocp.args.Composite:
+        return ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  extras=ocp.args.JsonSave(extras))
+
+    def save(self, step: int, state: Any, extras: dict) -> None:
+        """Saves a periodic checkpoint (asynchronously; `wait` before exiting)."""
+        self.periodic.save(step, args=self._args(state, extras), force=True)
+
+    def save_best(self, step: int, state: Any, extras: dict, metrics: dict) -> None:
+        """Keeps this step if `metrics[best_metric]` is the best so far."""
+        if self.best is not None and step not in self.best.all_steps():
+            self.best.save(step, args=self._args(state, extras), metrics=metrics, force=True)
+
+    def latest_step(self) -> int | None:
+        return self.periodic.latest_step()
+
+    def restore(self, template: Any, step: int | None = None, *, best: bool = False
+                ) -> tuple[Any, dict] | None:
+        """(state, extras) of the latest (or given, or best) step, or None if there is none."""
+        mgr = self.best if best else self.periodic
+        if mgr is None:
+            return None
+        if step is None:
+            step = mgr.best_step() if best else mgr.latest_step()
+        if step is None:
+            return None
+        out = mgr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(template), extras=ocp.args.JsonRestore()))
+        return out.state, out.extras
+
+    def wait(self) -> None:
+        """Blocks until every pending save is on disk."""
+        self.periodic.wait_until_finished()
+        if self.best is not None:
+            self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.wait()
+        self.periodic.close()
+        if self.best is not None:
+            self.best.close()

@@ -1,0 +1,189 @@
+"""The training loop: resumable, data parallel, checkpointed with its data iterator.
+
+`train(config, workdir, train_source, eval_arrays, label_names)` trains until `config.steps`,
+evaluating every `config.eval_every` steps and checkpointing every `config.checkpoint_every`.
+Started again with the same workdir it resumes from the last complete checkpoint (state, data
+iterator position, history and elapsed time) and ends with the same parameters and metrics as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from cxr_jax import metrics, models, runtime
+from cxr_jax.data.loader import make_loader
+from cxr_jax.training.checkpoint import Checkpointer
+from cxr_jax.training.steps import (TrainState, create_state, make_eval_step, make_mesh,
+                                    make_optimizer, make_train_step, replicate, shard_batch)
+
+
+def build_model(config, num_classes: int) -> models.Model:
+    """The configured model, in bf16 compute when asked (GPU/TPU)."""
+    model = models.get(config.model, num_classes=num_classes, in_channels=1)
+    return model.with_dtype(jnp.bfloat16) if config.get("bf16", False) else model
+
+
+def predict(eval_fn, variables, images: np.ndarray, *, batch_size: int, mesh) -> np.ndarray:
+    """Scores for every row of `images`, in fixed-size padded batches (one compiled shape)."""
+    n = len(images)
+    pad = (-n) % batch_size
+    padded = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)]) \
+        if pad else images
+    outs = [eval_fn(variables, shard_batch(padded[i:i + batch_size], mesh))
+            for i in range(0, len(padded), batch_size)]
+    return np.asarray(jnp.concatenate(outs))[:n]
+
+
+def evaluate(eval_fn, variables, eval_arrays: Mapping[str, np.ndarray], label_names, loss: str,
+             *, batch_size: int, mesh) -> dict:
+    """Held-out metrics: per-label AUROC (bce), accuracy (ce) or MAE (mse)."""
+    scores = predict(eval_fn, variables, eval_arrays["image"], batch_size=batch_size, mesh=mesh)
+    labels = eval_arrays["labels"]
+    if loss == "bce":
+        per = metrics.auroc(scores, labels)
+        out = {"auroc": {n: float(v) for n, v in zip(label_names, per)}}
+        out["mean_auroc"] = float(np.nanmean(per)) if np.any(np.isfinite(per)) else float("nan")
+        return out
+    if loss == "ce":
+        return {"accuracy": float(metrics.accuracy(scores, labels))}
+    return {"mae": float(metrics.mae(scores[:, 0], labels.reshape(len(labels), -1)[:, 0]))}
+
+
+def train(config, workdir: str, train_source, eval_arrays: Mapping[str, np.ndarray],
+          label_names: Sequence[str], *, progress: bool = True) -> dict:
+    """Trains (or resumes) and returns the results dict written to `workdir/results.json`.
+
+    Args:
+      config: ml_collections.ConfigDict with model, loss, steps, batch_size, learning_rate,
+        warmup_steps, weight_decay, optimizer, schedule, eval_every, checkpoint_every, seed,
+        image_size, and optionally bf16, class_weights, kill_at_step (testing: SIGKILL itself
+        right after that step's checkpoint is started, to prove resumption).
+      workdir: where checkpoints, history and results go.
+      train_source: a Grain random-access source of {"image", "labels"} rows.
+      eval_arrays: {"image": [N,H,W,1], "labels": [N,K] or [N]} held-out data.
+      label_names: names of the K outputs.
+    Returns:
+      {"auroc" | "accuracy" | "mae": ..., "history": [...], "train_seconds", "resumed_from_step",
+       "steps", "checkpoint": path of the final checkpoint}.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    num_classes = 1 if config.loss == "mse" else len(label_names)
+    model = build_model(config, num_classes)
+    tx = make_optimizer(name=config.optimizer, learning_rate=config.learning_rate,
+                        total_steps=config.steps, warmup_steps=config.warmup_steps,
+                        weight_decay=config.weight_decay, schedule=config.schedule)
+    mesh = make_mesh()
+    n_dev = len(mesh.local_devices)
+    if config.batch_size % (n_dev * jax.process_count()):
+        raise ValueError(f"batch_size {config.batch_size} must be divisible by the "
+                         f"{n_dev * jax.process_count()} devices.")
+    local_batch = config.batch_size // jax.process_count()
+    weights = config.get("class_weights", None)
+    train_step = jax.jit(make_train_step(model, tx, loss=config.loss,
+                                         class_weights=None if weights is None
+                                         else jnp.asarray(weights)), donate_argnums=0)
+    eval_fn = jax.jit(make_eval_step(model, loss=config.loss))
+
+    state = create_state(model, tx, image_size=config.image_size, seed=config.seed)
+    ckpt = Checkpointer(workdir, keep=2, best_metric="score", best_mode="max")
+    loader = make_loader(train_source, batch_size=local_batch, seed=config.seed)
+    it = iter(loader)
+    extras = {"history": [], "train_seconds": 0.0, "iterator": None}
+    resumed_from = 0
+    restored = ckpt.restore(state)
+    if restored is not None:
+        state, extras = restored
+        it.set_state(extras["iterator"].encode())
+        resumed_from = int(state.step)
+        logging.info("Resumed from step %d in %s", resumed_from, workdir)
+    state = replicate(state, mesh)
+
+    def score_of(ev):  # higher is better, for the best-so-far checkpoint
+        if "mean_auroc" in ev:
+            return ev["mean_auroc"]
+        if "accuracy" in ev:
+            return ev["accuracy"]
+        return -ev["mae"]
+
+    start_step = int(state.step)
+    t0 = time.perf_counter()
+    elapsed0 = float(extras["train_seconds"])
+    bar = None
+    if progress and runtime.is_writer():
+        from tqdm import tqdm
+        bar = tqdm(total=config.steps, initial=start_step, desc="train", unit="step",
+                   dynamic_ncols=True)
+    losses = []
+    history = list(extras["history"])
+    for step in range(start_step + 1, config.steps + 1):
+        batch = next(it)
+        state, m = train_step(state, *shard_batch((batch["image"], batch["labels"]), mesh))
+        losses.append(m["loss"])
+        if bar is not None:
+            bar.update(1)
+        last = step == config.steps
+        if step % config.eval_every == 0 or last:
+            ev = evaluate(eval_fn, state.variables, eval_arrays, label_names, config.loss,
+                          batch_size=config.eval_batch_size, mesh=mesh)
+            ev["step"] = step
+            ev["train_loss"] = float(jnp.mean(jnp.stack(losses)))  # one host sync per eval
+            losses = []
+            history.append(ev)
+            if bar is not None:
+                bar.set_postfix(loss=f"{ev['train_loss']:.3f}", score=f"{score_of(ev):.3f}")
+            logging.info("step %d: %s", step, {k: v for k, v in ev.items() if k != "auroc"})
+        if step % config.checkpoint_every == 0 or last:
+            extras = {"history": history, "iterator": it.get_state().decode(),
+                      "train_seconds": elapsed0 + time.perf_counter() - t0}
+            ckpt.save(step, state, extras)
+            if history and history[-1]["step"] == step:
+                ckpt.save_best(step, state, extras, {"score": score_of(history[-1])})
+            if config.get("kill_at_step", 0) == step:
+                os.kill(os.getpid(), signal.SIGKILL)
+    if bar is not None:
+        bar.close()
+    ckpt.wait()
+    final = history[-1] if history else evaluate(
+        eval_fn, state.variables, eval_arrays, label_names, config.loss,
+        batch_size=config.eval_batch_size, mesh=mesh)
+    results = {k: v for k, v in final.items() if k not in ("step", "train_loss")}
+    results.update({
+        "history": history,
+        "train_seconds": elapsed0 + time.perf_counter() - t0,
+        "resumed_from_step": resumed_from,
+        "steps": config.steps,
+        "model": config.model,
+        "checkpoint": os.path.join(os.path.abspath(workdir), "checkpoints"),
+    })
+    if runtime.is_writer():
+        runtime.write_json(os.path.join(workdir, "results.json"), results)
+    ckpt.close()
+    return results
+
+
+def load_trained(workdir: str, config, num_classes: int, *, best: bool = False
+                 ) -> tuple[models.Model, dict]:
+    """(model, variables) from a training workdir's latest (or best) checkpoint."""
+    model = build_model(config, num_classes)
+    tx = make_optimizer(name=config.optimizer, learning_rate=config.learning_rate,
+                        total_steps=config.steps, warmup_steps=config.warmup_steps,
+                        weight_decay=config.weight_decay, schedule=config.schedule)
+    template = create_state(model, tx, image_size=config.image_size, seed=config.seed)
+    ckpt = Checkpointer(workdir, best_metric="score")
+    restored = ckpt.restore(template, best=best)
+    ckpt.close()
+    if restored is None:
+        raise ValueError(f"No checkpoint in {workdir!r}: train first (experiments.train or "
+                         "experiments.quickstart with this --workdir).")
+    state: TrainState = restored[0]
+    return model, jax.device_get(state.variables)
+

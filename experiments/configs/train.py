@@ -1,0 +1,62 @@
+r"""Training config.
+
+    python -m experiments.train --workdir runs/train                     # phantoms, defaults
+    python -m experiments.train --workdir runs/nih --config.dataset=nih \
+        --config.data_dir=/data/nih --config.model=densenet121 --config.image_size=224
+    python -m experiments.train --workdir runs/q --config=experiments/configs/train.py:quickstart
+
+Variants (the part after ':'): "default" (a full-size model), "quickstart" (a reduced model and
+resolution that reaches AUROC >= 0.9 on phantoms within minutes on a laptop CPU), "test" (seconds).
+"""
+
+import ml_collections
+
+
+def get_config(variant: str = "default") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.dataset = "phantoms"        # phantoms | nih | chexpert | object_cxr | brixia
+    c.data_dir = ""               # folder (or CSV) of a real dataset
+    c.policy = "zeros"            # CheXpert uncertainty policy: ignore | zeros | ones
+    c.model = "densenet121"
+    c.image_size = 224
+    c.num_train = 20000           # phantoms only
+    c.num_test = 2000             # phantoms only
+    c.loss = ""                   # "" = the dataset's natural loss (bce; mse for brixia)
+    c.optimizer = "adamw"
+    c.schedule = "cosine"
+    c.learning_rate = 1e-3
+    c.warmup_steps = 200
+    c.weight_decay = 1e-4
+    c.batch_size = 32
+    c.eval_batch_size = 64
+    c.steps = 5000
+    c.eval_every = 500
+    c.checkpoint_every = 500
+    c.seed = 0
+    c.bf16 = False
+    c.kill_at_step = 0            # testing only: SIGKILL right after this step's checkpoint
+    if variant == "quickstart":
+        c.model = "resnet_tiny"
+        c.image_size = 96
+        c.num_train = 6000
+        c.num_test = 1000
+        c.learning_rate = 3e-3
+        c.warmup_steps = 50
+        c.batch_size = 32
+        c.steps = 1200
+        c.eval_every = 200
+        c.checkpoint_every = 200
+    elif variant == "test":
+        c.model = "resnet_tiny"
+        c.image_size = 32
+        c.num_train = 64
+        c.num_test = 32
+        c.batch_size = 8
+        c.eval_batch_size = 16
+        c.steps = 6
+        c.warmup_steps = 1
+        c.eval_every = 3
+        c.checkpoint_every = 2
+    elif variant != "default":
+        raise ValueError(f"Unknown config variant {variant!r}: default, quickstart or test.")
+    return c
