@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Mapping
 
 import numpy as np
@@ -50,3 +51,77 @@ def build(config) -> Dataset:
 
         return real.build(config)
     raise ValueError(f"Unknown dataset {config.dataset!r}: use one of {', '.join(NAMES)}.")
+
+
+@dataclasses.dataclass
+class LocalisationSet:
+    """Images with per-finding ground-truth regions, for scoring explanations.
+
+    Attributes:
+      images: [N, H, W, 1] float32 (model input convention).
+      masks: [N, K, H, W] bool regions (all False where a dataset has none, e.g. BrixIA).
+      labels: [N, K]; an image is explained for finding k where labels[n, k] == 1.
+      names: the K finding names (matching the model's outputs).
+      ids: [N] identifiers (row numbers or file names) for the report.
+      require_mask: only explain images whose mask for the finding is non-empty.
+      skipped: [(id, reason)] images that could not be read.
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+    names: tuple[str, ...]
+    ids: list
+    require_mask: bool = True
+    skipped: list = dataclasses.field(default_factory=list)
+
+
+def localisation_set(config, label_names) -> LocalisationSet:
+    """Held-out images with ground truth: phantom masks, NIH boxes, Object-CXR shapes, or
+    BrixIA images (no regions: faithfulness metrics only)."""
+    if config.dataset == "phantoms":
+        te = phantoms.generate(config.num_test, image_size=config.image_size,
+                               seed=config.seed * 2 + 2)
+        if tuple(te.finding_names) != tuple(label_names):
+            raise ValueError(f"Model labels {label_names} do not match phantom findings "
+                             f"{te.finding_names}.")
+        return LocalisationSet(te.images, te.masks, te.labels, tuple(te.finding_names),
+                               list(range(len(te.images))))
+    from cxr_jax.data import images as imaging, records
+
+    root, size = config.data_dir, config.image_size
+    if config.dataset == "nih":
+        recs = [r for r in records.read_nih(root) if r.boxes]
+    elif config.dataset == "object_cxr":
+        recs = [r for r in records.read_object_cxr(
+            os.path.join(root, "dev.csv"), root=os.path.join(root, "dev"), masks=True)]
+    elif config.dataset == "brixia":
+        recs = [r for r in records.read_brixia(os.path.join(root, "metadata_global_v2.csv"),
+                                               root=os.path.join(root, "dicom_clean"))
+                if r.split == "consensus_test"]
+    else:
+        raise ValueError(f"No localisation ground truth for dataset {config.dataset!r}: use "
+                         "phantoms, nih, object_cxr or brixia.")
+    recs = recs[: config.num_test]
+    names = tuple(label_names)
+    xs, ms, ls, ids, skipped = [], [], [], [], []
+    for rec in recs:
+        try:
+            x, boxes, box_m = imaging.load_record(rec, size=size, masks=bool(rec.boxes))
+        except Exception as err:  # one unreadable image is reported and skipped
+            skipped.append((rec.path, str(err)))
+            continue
+        m = np.zeros((len(names), size, size), bool)
+        lab = np.zeros(len(names), np.float32)
+        for b, bm in zip(boxes, box_m if box_m is not None else []):
+            if b.label in names:
+                k = names.index(b.label)
+                m[k] |= bm
+                lab[k] = 1.0
+        if config.dataset == "brixia":
+            lab[:] = 1.0
+        xs.append(x), ms.append(m), ls.append(lab), ids.append(os.path.basename(rec.path))
+    if not xs:
+        raise ValueError(f"No readable images with ground truth under {root!r}.")
+    return LocalisationSet(np.stack(xs), np.stack(ms), np.stack(ls), names, ids,
+                           require_mask=config.dataset != "brixia", skipped=skipped)

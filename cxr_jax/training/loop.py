@@ -76,6 +76,9 @@ def train(config, workdir: str, train_source, eval_arrays: Mapping[str, np.ndarr
        "steps", "checkpoint": path of the final checkpoint}.
     """
     os.makedirs(workdir, exist_ok=True)
+    if runtime.is_writer():
+        runtime.write_json(os.path.join(workdir, "config.json"),
+                           {"config": config.to_dict(), "label_names": list(label_names)})
     num_classes = 1 if config.loss == "mse" else len(label_names)
     model = build_model(config, num_classes)
     tx = make_optimizer(name=config.optimizer, learning_rate=config.learning_rate,
@@ -170,9 +173,18 @@ def train(config, workdir: str, train_source, eval_arrays: Mapping[str, np.ndarr
     return results
 
 
-def load_trained(workdir: str, config, num_classes: int, *, best: bool = False
-                 ) -> tuple[models.Model, dict]:
-    """(model, variables) from a training workdir's latest (or best) checkpoint."""
+def load_trained(workdir: str, *, best: bool = False):
+    """(model, variables, config, label_names) from a training workdir's latest (or best)
+    checkpoint; the config and label names are read from the `config.json` training wrote."""
+    saved = runtime.read_json(os.path.join(workdir, "config.json"))
+    if saved is None:
+        raise ValueError(f"No config.json in {workdir!r}: is it a training workdir? Train first "
+                         "(experiments.train or experiments.quickstart with this --workdir).")
+    import ml_collections
+
+    config = ml_collections.ConfigDict(saved["config"])
+    label_names = tuple(saved["label_names"])
+    num_classes = 1 if config.loss == "mse" else len(label_names)
     model = build_model(config, num_classes)
     tx = make_optimizer(name=config.optimizer, learning_rate=config.learning_rate,
                         total_steps=config.steps, warmup_steps=config.warmup_steps,
@@ -185,5 +197,5 @@ def load_trained(workdir: str, config, num_classes: int, *, best: bool = False
         raise ValueError(f"No checkpoint in {workdir!r}: train first (experiments.train or "
                          "experiments.quickstart with this --workdir).")
     state: TrainState = restored[0]
-    return model, jax.device_get(state.variables)
+    return model, jax.device_get(state.variables), config, label_names
 

@@ -1,0 +1,42 @@
+r"""Evaluation config: which methods, which data, which metrics.
+
+    python -m experiments.evaluate --workdir runs/eval --checkpoint runs/quickstart
+    python -m experiments.evaluate --workdir runs/eval_nih --checkpoint runs/nih \
+        --config.dataset=nih --config.data_dir=/data/nih --config.methods=gradcam,iba
+
+Variants: "default" (every method, METHODS.md defaults) and "fast" (fewer samples and steps,
+for CPU: SmoothGrad 10 samples, IG 16 steps, sensitivity-N 10 x 10).
+"""
+
+import ml_collections
+
+
+def get_config(variant: str = "default") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.dataset = ""             # "" = the dataset the checkpoint was trained on
+    c.data_dir = ""
+    c.num_test = 200           # held-out images considered
+    c.methods = "all"          # comma-separated output names of default_methods, or "all"
+    c.fast = False
+    c.tolerance_at_224 = 15.0  # pointing-game tolerance, scaled with the image size
+    c.max_per_finding = 50
+    c.batch_size = 16
+    c.faithfulness = True
+    c.pixels_per_step = 25     # insertion/deletion: pixels per step (the CXR reference) ...
+    c.curve_steps = 0          # ... or, when > 0, this many steps over the budget instead
+    c.fraction = 0.5
+    c.blur_sigma = 10.0
+    c.sensitivity_num_n = 50
+    c.sensitivity_masks = 30
+    c.iba_samples = 1000       # images for the IBA feature statistics
+    c.gallery_per_finding = 1
+    c.seed = 0
+    if variant == "fast":
+        c.fast = True
+        c.sensitivity_num_n = 10
+        c.sensitivity_masks = 10
+        c.max_per_finding = 24
+        c.curve_steps = 32
+    elif variant != "default":
+        raise ValueError(f"Unknown variant {variant!r}: default or fast.")
+    return c
