@@ -126,8 +126,10 @@ def _finite_rows(images: np.ndarray) -> np.ndarray:
     return np.isfinite(images.reshape(len(images), -1)).all(axis=1)
 
 
-def _read_done(path: str) -> tuple[list[dict], set]:
-    rows, done = [], set()
+def _read_done(path: str) -> tuple[dict, set]:
+    """Rows already written, keyed by (finding, id): a batch redone after a cut line replaces
+    its earlier rows instead of counting twice."""
+    rows, done = {}, set()
     if os.path.exists(path):
         with open(path) as f:
             for line in f:
@@ -138,7 +140,7 @@ def _read_done(path: str) -> tuple[list[dict], set]:
                     row = json.loads(line)
                 except json.JSONDecodeError:  # a line cut short by a kill: redo its batch
                     continue
-                rows.append(row)
+                rows[(row["finding"], row["id"])] = row
                 done.add((row["finding"], row["id"]))
     return rows, done
 
@@ -197,6 +199,13 @@ def run(workdir: str, model, variables, images: np.ndarray, masks: np.ndarray,
     if progress and work:
         from tqdm import tqdm
         bar = tqdm(total=len(work), desc="explain+score", unit="batch", dynamic_ncols=True)
+    if os.path.exists(path) and os.path.getsize(path):
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"
+        if cut:  # a line cut short by a kill: end it so the next row starts on its own line
+            with open(path, "a") as f:
+                f.write("\n")
     with open(path, "a") as f:
         for k, name, batch in work:
             # Pad to the batch size (repeat the last image) so every call has one shape.
@@ -216,13 +225,13 @@ def run(workdir: str, model, variables, images: np.ndarray, masks: np.ndarray,
                 for method, vals in res.items():
                     row[method] = {m: _jsonable(v[j]) for m, v in vals.items()}
                 f.write(json.dumps(row) + "\n")
-                rows.append(row)
+                rows[(name, int(i))] = row
             f.flush()
             if bar is not None:
                 bar.update(1)
     if bar is not None:
         bar.close()
-    summary = summarise(rows, finding_names, ["centre"] + list(spec.methods))
+    summary = summarise(list(rows.values()), finding_names, ["centre"] + list(spec.methods))
     summary["skipped"] = skipped
     with open(os.path.join(workdir, "evaluation.json.tmp"), "w") as f:
         json.dump(summary, f, indent=2, default=float)

@@ -1,0 +1,107 @@
+"""The evaluation engine: aggregation by hand, resumption, bad images, tables."""
+
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from cxr_jax import evaluation, models
+
+
+def _row(i, finding, pg, box=(0, 0, 4, 4), gt=(0, 0, 4, 4)):
+    return {"id": i, "finding": finding, "gt_box": list(gt),
+            "centre": {"pointing_game": 0.0},
+            "m": {"pointing_game": pg, "box_iou": 1.0, "box": list(box)}}
+
+
+def test_summary_class_mean_vs_pooled_by_hand():
+    rows = [_row(0, "a", 1.0), _row(1, "a", 1.0), _row(2, "a", 1.0), _row(3, "a", 0.0),
+            _row(4, "b", 0.0)]
+    s = evaluation.summarise(rows, ["a", "b"], ["centre", "m"])
+    # class mean: (3/4 + 0/1) / 2; pooled: 3/5
+    assert s["pointing_game"]["m"] == pytest.approx(0.375)
+    assert s["pointing_game_pooled"]["m"] == pytest.approx(0.6)
+    assert s["pointing_game"]["centre"] == 0.0
+    assert s["counts"] == {"a": 4, "b": 1}
+    names, matrix = s["agreement"]["names"], np.array(s["agreement"]["matrix"])
+    assert names == ["m", "ground truth"]
+    np.testing.assert_allclose(matrix, np.ones((2, 2)))
+
+
+def test_summary_none_values_are_ignored_not_zero():
+    rows = [_row(0, "a", 1.0), _row(1, "a", None)]
+    s = evaluation.summarise(rows, ["a"], ["m"])
+    assert s["pointing_game"]["m"] == 1.0
+
+
+def test_box_of_mask():
+    m = np.zeros((8, 8), bool)
+    m[2:4, 3:7] = True
+    np.testing.assert_array_equal(evaluation.box_of_mask(m), [3, 2, 7, 4])
+    assert np.isnan(evaluation.box_of_mask(np.zeros((4, 4), bool))).all()
+
+
+def _toy(n=6, size=32):
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(n, size, size, 1)).astype(np.float32)
+    masks = np.zeros((n, 2, size, size), bool)
+    masks[:, 0, 4:12, 4:12] = True
+    masks[:, 1, 20:28, 18:30] = True
+    labels = np.ones((n, 2), np.float32)
+    labels[0, 1] = 0.0
+    return images, masks, labels
+
+
+def test_run_resumes_and_skips_bad_images(tmp_path):
+    model = models.get("resnet_tiny", num_classes=2)
+    images, masks, labels = _toy()
+    images[3, 5, 5, 0] = np.nan
+    variables = model.init(jax.random.key(0), images[:1])
+    spec = evaluation.Spec(methods={"gradient": ("gradient", {}), "gradcam": ("gradcam", {})},
+                           tolerance=2.0, batch_size=4, pixels_per_step=64,
+                           sensitivity_num_n=3, sensitivity_masks=2)
+    out = evaluation.run(str(tmp_path), model, variables, images, masks, labels, ["a", "b"],
+                         spec, progress=False)
+    assert [s["id"] for s in out["skipped"]] == [3]
+    with open(tmp_path / "per_image.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    # finding a: images 0,1,2,4,5; finding b: 1,2,4,5 (image 0 negative, 3 bad)
+    assert sorted((r["finding"], r["id"]) for r in rows) == sorted(
+        [("a", i) for i in (0, 1, 2, 4, 5)] + [("b", i) for i in (1, 2, 4, 5)])
+    for r in rows:
+        for m in ("gradient", "gradcam"):
+            assert set(r[m]) >= {"pointing_game", "box_iou", "ehr", "insertion", "deletion",
+                                 "sensitivity_n", "box"}
+            assert r[m]["pointing_game"] in (0.0, 1.0)
+            assert 0.0 <= r[m]["insertion"] <= 1.0
+    # A rerun finds everything done: no new rows, same summary.
+    out2 = evaluation.run(str(tmp_path), model, variables, images, masks, labels, ["a", "b"],
+                          spec, progress=False)
+    with open(tmp_path / "per_image.jsonl") as f:
+        assert len(f.readlines()) == len(rows)
+    assert out2["pointing_game"] == out["pointing_game"]
+    paths = evaluation.write_tables(str(tmp_path), out, ["a", "b"])
+    assert os.path.join(str(tmp_path), "table_pointing_game.md") in paths
+    with open(tmp_path / "table_pointing_game.csv") as f:
+        header = f.readline().strip().split(",")
+    assert header == ["method", "a", "b", "mean"]
+
+
+def test_cut_line_is_redone(tmp_path):
+    model = models.get("resnet_tiny", num_classes=2)
+    images, masks, labels = _toy(n=4)
+    variables = model.init(jax.random.key(0), images[:1])
+    spec = evaluation.Spec(methods={"gradient": ("gradient", {})}, batch_size=4,
+                           faithfulness=False, sensitivity_num_n=0)
+    evaluation.run(str(tmp_path), model, variables, images, masks, labels, ["a", "b"], spec,
+                   progress=False)
+    path = tmp_path / "per_image.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
+    out = evaluation.run(str(tmp_path), model, variables, images, masks, labels, ["a", "b"],
+                         spec, progress=False)
+    assert sum(out["counts"].values()) == 4 + 3
+    assert not math.isnan(out["pointing_game"]["gradient"])
