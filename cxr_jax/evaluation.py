@@ -428,7 +428,43 @@ def report_sections(workdir: str, summary: dict, names: Sequence[str]) -> list[t
     return sections
 
 
-def evaluate_checkpoint(workdir: str, checkpoint: str, cfg, *, progress: bool = True) -> dict:
+def resolve_methods(model, specs: Mapping[str, Mapping[str, Any]], stats: Mapping[str, Any]
+                    ) -> dict[str, tuple[str, dict]]:
+    """Method specs from a config into Scorer form.
+
+    Each spec is {"method": registered name, **hparams}. A layer written "layerN.last" means the
+    last residual unit of layerN (torchvision's layer4.2 for ResNet-34/50, layer4.0 for the tiny
+    ResNet); IBA-family methods get the statistics of their layer(s) from `stats`.
+    """
+
+    def layer_name(name):
+        if isinstance(name, str) and name.endswith(".last"):
+            prefix = name[: -len("last")]
+            units = [s for s in model.stages if s.startswith(prefix)]
+            if not units:
+                raise ValueError(f"No units of {name[:-5]!r} in {model.name}.")
+            return units[-1]
+        return name
+
+    out = {}
+    for out_name, spec in specs.items():
+        spec = dict(spec)
+        method = spec.pop("method")
+        if "layer" in spec:
+            layer = spec["layer"]
+            spec["layer"] = ([layer_name(l) for l in layer] if isinstance(layer, (list, tuple))
+                             else layer_name(layer))
+        if method in IBA_METHODS and "stats" not in spec:
+            single, multi = iba_layers(model)
+            layer = spec.setdefault("layer", list(multi) if method == "multilayer_iba" else single)
+            spec["stats"] = ({l: stats[l] for l in layer} if isinstance(layer, list)
+                             else stats[layer])
+        out[out_name] = (method, spec)
+    return out
+
+
+def evaluate_checkpoint(workdir: str, checkpoint: str, cfg, *, methods=None,
+                        progress: bool = True) -> dict:
     """Loads a trained model, explains held-out images with the chosen methods, scores them and
     writes results.json, evaluation.json, per_image.jsonl, table_<metric>.md/.csv,
     agreement.png, overlays.png and index.html into `workdir`. Resumable.
@@ -437,6 +473,8 @@ def evaluate_checkpoint(workdir: str, checkpoint: str, cfg, *, progress: bool = 
       workdir: output folder.
       checkpoint: a training workdir (experiments.train / quickstart).
       cfg: an evaluation config (experiments/configs/evaluate.py).
+      methods: optional {output name: {"method": name, **hparams}} replacing the defaults (the
+        papers' configs use it for NormGrad variants and layer choices).
     Returns:
       results dict: {"pointing_game": {method: value, ..., "centre": value}, "table": ...}.
     """
@@ -456,16 +494,24 @@ def evaluate_checkpoint(workdir: str, checkpoint: str, cfg, *, progress: bool = 
 
     # IBA statistics over training-distribution images.
     single, multi = iba_layers(model)
-    if data_cfg.dataset == "phantoms":
-        stats_images = phantoms.generate(cfg.iba_samples, image_size=size,
-                                         seed=data_cfg.seed * 2 + 1).images
-    else:
-        train = datasets.build(data_cfg).train
-        items = (train[i] for i in range(min(cfg.iba_samples, len(train))))
-        stats_images = np.stack([it["image"] for it in items if it["valid"]])
-    stats = estimate_iba_stats(workdir, model, variables, stats_images, sorted({single, *multi}))
+    need_iba = cfg.iba_samples > 0 and (methods is None or any(
+        spec["method"] in IBA_METHODS for spec in methods.values()))
+    stats = {}
+    if need_iba:
+        if data_cfg.dataset.startswith("phantoms"):
+            stats_images = phantoms.generate(cfg.iba_samples, image_size=size,
+                                             seed=data_cfg.seed * 2 + 1).images
+        else:
+            train = datasets.build(data_cfg).train
+            items = (train[i] for i in range(min(cfg.iba_samples, len(train))))
+            stats_images = np.stack([it["image"] for it in items if it["valid"]])
+        stats = estimate_iba_stats(workdir, model, variables, stats_images,
+                                   sorted({single, *multi}))
 
-    methods = default_methods(model, stats, fast=cfg.fast, regression=tcfg.loss == "mse")
+    if methods is not None:
+        methods = resolve_methods(model, methods, stats)
+    else:
+        methods = default_methods(model, stats, fast=cfg.fast, regression=tcfg.loss == "mse")
     if cfg.methods != "all":
         wanted = [m.strip() for m in cfg.methods.split(",") if m.strip()]
         unknown = [m for m in wanted if m not in methods]

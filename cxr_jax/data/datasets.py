@@ -11,7 +11,7 @@ import numpy as np
 from cxr_jax.data import phantoms
 from cxr_jax.data.loader import ArraySource
 
-NAMES = ("phantoms", "nih", "chexpert", "object_cxr", "brixia")
+NAMES = ("phantoms", "phantoms_severity", "nih", "chexpert", "object_cxr", "brixia")
 
 
 @dataclasses.dataclass
@@ -42,10 +42,23 @@ def phantom_dataset(config) -> Dataset:
                    label_names=tuple(tr.finding_names), loss="bce", extra={"test": te})
 
 
+def phantom_severity_dataset(config) -> Dataset:
+    """Phantoms labelled with their BrixIA-style global severity (sum of six zone scores, 0-18),
+    for severity regressors (MSE); the opacity mask is the ground-truth region."""
+    tr = phantoms.generate(config.num_train, image_size=config.image_size, seed=config.seed * 2 + 1)
+    te = phantoms.generate(config.num_test, image_size=config.image_size, seed=config.seed * 2 + 2)
+    score = lambda b: b.severity.sum(axis=1, keepdims=True).astype(np.float32)
+    return Dataset(train=ArraySource({"image": tr.images, "labels": score(tr)}),
+                   eval={"image": te.images, "labels": score(te)},
+                   label_names=("global_severity",), loss="mse", extra={"test": te})
+
+
 def build(config) -> Dataset:
     """The dataset `config.dataset` names (see NAMES)."""
     if config.dataset == "phantoms":
         return phantom_dataset(config)
+    if config.dataset == "phantoms_severity":
+        return phantom_severity_dataset(config)
     if config.dataset in NAMES:
         from cxr_jax.data import real  # readers and decoders load only for real data
 
@@ -87,6 +100,12 @@ def localisation_set(config, label_names) -> LocalisationSet:
                              f"{te.finding_names}.")
         return LocalisationSet(te.images, te.masks, te.labels, tuple(te.finding_names),
                                list(range(len(te.images))))
+    if config.dataset == "phantoms_severity":
+        te = phantoms.generate(config.num_test, image_size=config.image_size,
+                               seed=config.seed * 2 + 2)
+        k = list(te.finding_names).index("opacity")
+        return LocalisationSet(te.images, te.masks[:, k:k + 1], te.labels[:, k:k + 1],
+                               tuple(label_names), list(range(len(te.images))))
     from cxr_jax.data import images as imaging, records
 
     root, size = config.data_dir, config.image_size
