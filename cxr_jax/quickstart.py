@@ -4,8 +4,13 @@ Steps, each resumable from the workdir:
   1. generate train and held-out phantoms (deterministic by seed);
   2. train the reduced model of `experiments/configs/train.py:quickstart` until its step budget
      (checkpoints every few hundred steps; a rerun resumes);
-  3. write `results.json` ({"auroc": {finding: value}, "train_seconds", "resumed_from_step"})
-     and `index.html` with sample phantoms and their masks, training curves and the AUROC table.
+  3. explain held-out phantoms with every registered method and score the maps against the
+     exact finding masks (`cxr_jax.evaluation`, settings of experiments/configs/evaluate.py:fast,
+     results in `workdir/explain/`, resumable batch by batch);
+  4. write `results.json` ({"auroc": {finding: value}, "pointing_game": {method: value, ...,
+     "centre": value}, "train_seconds", "resumed_from_step"}) and `index.html` with sample
+     phantoms and their masks, training curves, the AUROC table, the localisation tables, the
+     agreement matrix and overlays.
 """
 
 from __future__ import annotations
@@ -14,19 +19,33 @@ import os
 
 from absl import logging
 
-from cxr_jax import runtime, training
+from cxr_jax import evaluation, runtime, training
 from cxr_jax.data import datasets, phantoms
 from cxr_jax.report import save_curves, table_html, write_index
 
 
-def run(workdir: str, config, *, progress: bool = True) -> dict:
-    """Runs (or resumes) the quickstart in `workdir`; returns the results dict."""
+def run(workdir: str, config, eval_config=None, *, progress: bool = True) -> dict:
+    """Runs (or resumes) the quickstart in `workdir`; returns the results dict.
+
+    Args:
+      workdir: output folder (a rerun resumes).
+      config: training config (experiments/configs/train.py:quickstart).
+      eval_config: evaluation config (experiments/configs/evaluate.py:fast), or None to stop
+        after training.
+    """
     os.makedirs(workdir, exist_ok=True)
     data = datasets.build(config)
     with config.unlocked():
         config.loss = config.loss or data.loss
     results = training.train(config, workdir, data.train, data.eval, data.label_names,
                              progress=progress)
+    explain = None
+    if eval_config is not None:
+        explain = evaluation.evaluate_checkpoint(os.path.join(workdir, "explain"), workdir,
+                                                 eval_config, progress=progress)
+        results["pointing_game"] = explain["pointing_game"]
+        results["pointing_game_pooled"] = explain["pointing_game_pooled"]
+        runtime.write_json(os.path.join(workdir, "results.json"), results)
     if not runtime.is_writer():
         return results
     test = data.extra["test"]
@@ -44,6 +63,16 @@ def run(workdir: str, config, *, progress: bool = True) -> dict:
         ("Training curves", '<img src="curves.png">'),
         ("AUROC per finding (held-out phantoms)", table_html(rows)),
     ]
+    if explain is not None:
+        ex = os.path.join(workdir, "explain")
+        sections.append(("Explanations", f"<p>Every method on up to "
+                         f"{eval_config.max_per_finding} held-out positives per finding "
+                         f"(counts {explain['counts']}); pointing-game tolerance "
+                         f"{explain['settings']['tolerance_px']:.1f} px. Full per-image results: "
+                         "explain/per_image.jsonl; tables: explain/table_*.md.</p>"))
+        for heading, body in evaluation.report_sections(ex, explain, list(results["auroc"])):
+            sections.append((heading, body.replace('src="', 'src="explain/')))
+        sections.append(("Overlays (green: ground truth)", '<img src="explain/overlays.png">'))
     write_index(workdir, "cxr_jax quickstart", sections)
     logging.info("Report written to %s", os.path.join(workdir, "index.html"))
     return results

@@ -12,17 +12,25 @@ from cxr_jax import quickstart, runtime
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "Output directory (resumes).")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/train.py:quickstart", "Quickstart config.", lock_config=True)
+    "config", "experiments/configs/train.py:quickstart", "Training config.", lock_config=True)
+_EVAL = config_flags.DEFINE_config_file(
+    "eval_config", "experiments/configs/evaluate.py:fast", "Explanation/evaluation config.",
+    lock_config=True)
+_EXPLAIN = flags.DEFINE_bool("explain", True, "Explain and score after training.")
 
 
 def main(argv):
     del argv
     runtime.setup()
-    results = quickstart.run(_WORKDIR.value, _CONFIG.value)
+    results = quickstart.run(_WORKDIR.value, _CONFIG.value,
+                             _EVAL.value if _EXPLAIN.value else None)
     worst = min(results["auroc"].items(), key=lambda kv: kv[1])
     print(f"AUROC per finding: { {k: round(v, 3) for k, v in results['auroc'].items()} }")
-    print(f"lowest: {worst[0]} {worst[1]:.3f}; trained {results['train_seconds']:.0f} s; "
-          f"report: {_WORKDIR.value}/index.html")
+    print(f"lowest: {worst[0]} {worst[1]:.3f}; trained {results['train_seconds']:.0f} s")
+    if "pointing_game" in results:
+        pg = sorted(results["pointing_game"].items(), key=lambda kv: -kv[1])
+        print("pointing game: " + ", ".join(f"{m} {v:.3f}" for m, v in pg))
+    print(f"report: {_WORKDIR.value}/index.html")
 
 
 if __name__ == "__main__":
