@@ -55,7 +55,8 @@ class DenseBlock(nn.Module):
 
 
 class Transition(nn.Module):
-    """BN-ReLU-conv1x1 halving the channels, then 2x2 average pooling."""
+    """BN-ReLU, then conv1x1 halving the channels and 2x2 average pooling (in the cheaper
+    order, see below)."""
 
     features: int
     guided: bool = False
@@ -65,8 +66,11 @@ class Transition(nn.Module):
     def __call__(self, x, train: bool = False):
         h = relu_fn(self.guided)(
             BatchNorm(use_running_average=not train, dtype=self.dtype, name="norm")(x))
-        h = conv(self.features, 1, name="conv", dtype=self.dtype)(h)
-        return nn.avg_pool(h, (2, 2), strides=(2, 2))
+        # A 1x1 convolution and 2x2 average pooling are both linear and act on different axes,
+        # so they commute: pooling first gives torchvision's result (up to rounding) with a
+        # quarter of the convolution's work, forward and backward.
+        h = nn.avg_pool(h, (2, 2), strides=(2, 2))
+        return conv(self.features, 1, name="conv", dtype=self.dtype)(h)
 
 
 def densenet(
