@@ -326,22 +326,28 @@ def iba_layers(model) -> tuple[str, tuple[str, ...]]:
 
 
 def default_methods(model, stats: Mapping[str, Any], *, fast: bool = False,
-                    regression: bool = False) -> dict[str, tuple[str, dict]]:
+                    regression: bool = False, cam_layer: str | None = None
+                    ) -> dict[str, tuple[str, dict]]:
     """Every registered method with the defaults of METHODS.md (`fast`: fewer samples/steps for
-    CPU quickstarts: SmoothGrad 10 samples, IG 16 steps). `stats`: IBA stats per layer."""
+    CPU quickstarts: SmoothGrad 10 samples, IG 16 steps). `stats`: IBA stats per layer.
+    `cam_layer`: the layer of the CAM family and NormGrad (default: the architecture's, DenseNet
+    norm5 / ResNet layer4; "stride16": denseblock3 / layer3)."""
     single, multi = iba_layers(model)
+    if cam_layer == "stride16":  # the last stage at stride 16, whatever the architecture
+        cam_layer = "denseblock3" if "denseblock3" in model.stages else "layer3"
+    cam = {"layer": cam_layer} if cam_layer else {}
     methods = {
         "gradient": ("gradient", {}),
         "input_x_gradient": ("input_x_gradient", {}),
         "smoothgrad": ("smoothgrad", {"method": "gradient", "n": 10 if fast else 50}),
         "integrated_gradients": ("integrated_gradients", {"steps": 16 if fast else 50}),
         "guided_backprop": ("guided_backprop", {}),
-        "gradcam": ("gradcam", {}),
-        "gradcam_plus_plus": ("gradcam_plus_plus", {}),
-        "guided_gradcam": ("guided_gradcam", {}),
-        "scorecam": ("scorecam", {}),
-        "faster_scorecam": ("faster_scorecam", {}),
-        "normgrad": ("normgrad", {}),
+        "gradcam": ("gradcam", dict(cam)),
+        "gradcam_plus_plus": ("gradcam_plus_plus", dict(cam)),
+        "guided_gradcam": ("guided_gradcam", dict(cam)),
+        "scorecam": ("scorecam", dict(cam)),
+        "faster_scorecam": ("faster_scorecam", dict(cam)),
+        "normgrad": ("normgrad", dict(cam)),
     }
     if single in stats:
         if regression:
@@ -511,7 +517,8 @@ def evaluate_checkpoint(workdir: str, checkpoint: str, cfg, *, methods=None,
     if methods is not None:
         methods = resolve_methods(model, methods, stats)
     else:
-        methods = default_methods(model, stats, fast=cfg.fast, regression=tcfg.loss == "mse")
+        methods = default_methods(model, stats, fast=cfg.fast, regression=tcfg.loss == "mse",
+                                  cam_layer=cfg.get("cam_layer") or None)
     if cfg.methods != "all":
         wanted = [m.strip() for m in cfg.methods.split(",") if m.strip()]
         unknown = [m for m in wanted if m not in methods]

@@ -17,6 +17,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.data_dir = ""
     c.num_test = 200           # held-out images considered
     c.methods = "all"          # comma-separated output names of default_methods, or "all"
+    c.cam_layer = ""           # CAM family + NormGrad layer: "" = DenseNet norm5 / ResNet layer4,
+                               # "stride16" = denseblock3 / layer3, or any stage name
     c.fast = False
     c.tolerance_at_224 = 15.0  # pointing-game tolerance, scaled with the image size
     c.max_per_finding = 50
@@ -33,6 +35,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.seed = 0
     if variant == "fast":
         c.fast = True
+        # The tiny CPU models end at stride 32 (a 3x3 map at 96 px): CAMs there cannot point at
+        # a nodule. layer3 (stride 16) is the finest layer the CAM literature also uses.
+        c.cam_layer = "stride16"
         c.sensitivity_num_n = 10
         c.sensitivity_masks = 10
         c.max_per_finding = 24

@@ -37,15 +37,15 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.kill_at_step = 0            # testing only: SIGKILL right after this step's checkpoint
     if variant == "quickstart":
         c.model = "resnet_tiny"
-        c.image_size = 96
-        c.num_train = 6000
+        c.image_size = 128
+        c.num_train = 10000
         c.num_test = 1000
         c.learning_rate = 3e-3
-        c.warmup_steps = 50
+        c.warmup_steps = 100
         c.batch_size = 32
-        c.steps = 1200
-        c.eval_every = 200
-        c.checkpoint_every = 200
+        c.steps = 3000
+        c.eval_every = 500
+        c.checkpoint_every = 500
     elif variant == "test":
         c.model = "resnet_tiny"
         c.image_size = 32
