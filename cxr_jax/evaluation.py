@@ -458,8 +458,11 @@ def resolve_methods(model, specs: Mapping[str, Mapping[str, Any]], stats: Mappin
         method = spec.pop("method")
         if "layer" in spec:
             layer = spec["layer"]
-            spec["layer"] = ([layer_name(l) for l in layer] if isinstance(layer, (list, tuple))
-                             else layer_name(layer))
+            if isinstance(layer, (list, tuple)):  # resolved names, duplicates dropped (the
+                # tiny ResNet's layer4.last is layer4.0)
+                spec["layer"] = list(dict.fromkeys(layer_name(l) for l in layer))
+            else:
+                spec["layer"] = layer_name(layer)
         if method in IBA_METHODS and "stats" not in spec:
             single, multi = iba_layers(model)
             layer = spec.setdefault("layer", list(multi) if method == "multilayer_iba" else single)

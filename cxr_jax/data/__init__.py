@@ -1,7 +1,7 @@
 """Data: synthetic phantoms (the embedded default), dataset readers, images, photo transforms,
 and the Grain loader."""
 
-from cxr_jax.data import phantoms
+from cxr_jax.data import phantoms, photo
 from cxr_jax.data.images import load_image, load_record, preprocess
 from cxr_jax.data.loader import ArraySource, RecordSource, make_loader
 from cxr_jax.data.records import (CHEXPERT_OBSERVATIONS, NIH_FINDINGS, Box, Labels, Record,
@@ -10,5 +10,5 @@ from cxr_jax.data.records import (CHEXPERT_OBSERVATIONS, NIH_FINDINGS, Box, Labe
 
 __all__ = ["ArraySource", "Box", "CHEXPERT_OBSERVATIONS", "Labels", "NIH_FINDINGS", "Record",
            "RecordSource", "Shape", "label_matrix", "load_image", "load_record", "make_loader",
-           "phantoms", "preprocess", "read_brixia", "read_chexpert", "read_nih",
+           "phantoms", "photo", "preprocess", "read_brixia", "read_chexpert", "read_nih",
            "read_object_cxr"]

@@ -177,20 +177,34 @@ def _interp(size: int, g: int) -> np.ndarray:
     return r
 
 
+def _matmul_1thread(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b in row blocks small enough (m n k < 2^18) that BLAS runs them on one thread.
+
+    Threaded BLAS on many small products spends its time waking and spinning threads, and
+    `generate` already runs chunks in parallel threads; this keeps each product single-threaded
+    (OpenBLAS' rule) without touching global BLAS settings. The result is the same product.
+    """
+    out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
+    rows = max(1, (1 << 18) // max(1, b.shape[0] * b.shape[1]) - 1)
+    for i in range(0, a.shape[0], rows):
+        np.matmul(a[i:i + rows], b, out=out[i:i + rows])
+    return out
+
+
 def _smooth(coeffs: np.ndarray, size: int) -> np.ndarray:
     """Smooth unit-variance random field [B, size, size] (float32) from coefficients [B, gy, gx].
 
-    field_b = R_y z_b R_x^T, computed as two plain 2-D GEMMs (a batched matmul with a broadcast
-    operand falls off numpy's BLAS path). gy > gx gives features elongated horizontally. The
-    GEMMs run in float64 and round to float32, so the result does not depend on how many images
-    share the call (BLAS blocking changes the float64 rounding only, far below float32 ulp).
+    field_b = R_y z_b R_x^T, computed as 2-D GEMMs (a batched matmul with a broadcast operand
+    falls off numpy's BLAS path). gy > gx gives features elongated horizontally. The GEMMs run in
+    float64 and round to float32, so the result does not depend on how many images share the
+    call (BLAS blocking changes the float64 rounding only, far below float32 ulp).
     """
     n, gy, gx = coeffs.shape
     ry, rx = _interp(size, gy), _interp(size, gx)
     z = np.ascontiguousarray(coeffs.transpose(0, 2, 1), dtype=np.float64)
-    t = (z.reshape(n * gx, gy) @ ry.T).reshape(n, gx, size).transpose(0, 2, 1)
+    t = _matmul_1thread(z.reshape(n * gx, gy), ry.T).reshape(n, gx, size).transpose(0, 2, 1)
     t = np.ascontiguousarray(t).reshape(n * size, gx)
-    return (t @ rx.T).reshape(n, size, size).astype(np.float32)
+    return _matmul_1thread(t, rx.T).reshape(n, size, size).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=4)
