@@ -81,8 +81,9 @@ def loop_safe_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
     gradients are asked for. Grouped, dilated and string-padded convolutions fall back to lax.
     """
     dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    simple = (feature_group_count == 1 and batch_group_count == 1 and lhs_dilation is None
-              and rhs_dilation is None and isinstance(padding, (tuple, list))
+    undilated = all(d is None or all(int(v) == 1 for v in d) for d in (lhs_dilation, rhs_dilation))
+    simple = (feature_group_count == 1 and batch_group_count == 1 and undilated
+              and isinstance(padding, (tuple, list))
               and precision is None and preferred_element_type is None)
     if not simple:
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
