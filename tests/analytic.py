@@ -1,6 +1,8 @@
 """Analytic stand-ins with the Model interface, shared by the attribution tests."""
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 import cxr_jax.models as models
 
@@ -31,3 +33,21 @@ class Pipeline:
             if name in taps:
                 acts[name] = h
         return (h, acts) if taps else h
+
+
+def numpy_init(model, x, seed=0):
+    """He-normal kernels, unit scales, zero biases and identity batch statistics, drawn with
+    numpy from the variables' shapes (jit-compiling the Flax initialisers is slow on CPU)."""
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+
+    def leaf(path, s):
+        name = jax.tree_util.keystr(path[-1:])
+        if "kernel" in name:
+            fan_in = int(np.prod(s.shape[:-1]))
+            return jnp.asarray(rng.normal(size=s.shape) * np.sqrt(2.0 / fan_in), s.dtype)
+        if "scale" in name or "var" in name:
+            return jnp.ones(s.shape, s.dtype)
+        return jnp.zeros(s.shape, s.dtype)
+
+    return jax.tree_util.tree_map_with_path(leaf, shapes)

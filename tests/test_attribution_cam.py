@@ -12,7 +12,7 @@ from cxr_jax.attribution import cam
 from cxr_jax.attribution.common import layer_and_grad, layers_and_grads, score_fn
 from cxr_jax.attribution.multi import explain_multi
 from cxr_jax.attribution.postprocess import upsample
-from analytic import Pipeline
+from analytic import Pipeline, numpy_init
 
 
 S = 32  # image size; the feature map is 4x4 (8x8 cells)
@@ -115,23 +115,6 @@ def test_callable_target_and_layer_choice():
         attribution.get("gradcam")(m, {}, x, jnp.array([0, 0]), layer="conv9")
     with pytest.raises(ValueError, match="spatial map"):
         attribution.get("gradcam")(m, {}, x, jnp.array([0, 0]), layer="pool")
-
-
-def numpy_init(model, x, seed=0):
-    """He-normal kernels, unit scales, zero biases, identity batch statistics (fast, numpy)."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-
-    def leaf(path, s):
-        name = jax.tree_util.keystr(path[-1:])
-        if "kernel" in name:
-            fan_in = int(np.prod(s.shape[:-1]))
-            return jnp.asarray(rng.normal(size=s.shape) * np.sqrt(2.0 / fan_in), s.dtype)
-        if "scale" in name or "var" in name:
-            return jnp.ones(s.shape, s.dtype)
-        return jnp.zeros(s.shape, s.dtype)
-
-    return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
 @pytest.fixture(scope="module")

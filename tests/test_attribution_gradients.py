@@ -10,7 +10,7 @@ import cxr_jax.attribution as attribution
 import cxr_jax.models as models
 from cxr_jax.attribution import gradients
 from cxr_jax.attribution.common import chunked_sum
-from analytic import Pipeline
+from analytic import Pipeline, numpy_init
 
 
 H = W = 8
@@ -93,24 +93,6 @@ def test_chunked_sum_matches_plain_sum_with_remainder():
         np.testing.assert_allclose(out["v"], [21.0, 7.0])
     with pytest.raises(ValueError, match="chunk"):
         chunked_sum(f, xs, 0)
-
-
-def numpy_init(model, x, seed=0):
-    """He-normal kernels, unit scales, zero biases and identity batch statistics, drawn with
-    numpy from the variables' shapes (jit-compiling the Flax initialisers is slow on CPU)."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-
-    def leaf(path, s):
-        name = jax.tree_util.keystr(path[-1:])
-        if "kernel" in name:
-            fan_in = int(np.prod(s.shape[:-1]))
-            return jnp.asarray(rng.normal(size=s.shape) * np.sqrt(2.0 / fan_in), s.dtype)
-        if "scale" in name or "var" in name:
-            return jnp.ones(s.shape, s.dtype)
-        return jnp.zeros(s.shape, s.dtype)
-
-    return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
 @pytest.fixture(scope="module")
