@@ -158,7 +158,8 @@ def _jsonable(v):
 
 def run(workdir: str, model, variables, images: np.ndarray, masks: np.ndarray,
         labels: np.ndarray, finding_names: Sequence[str], spec: Spec,
-        *, require_mask: bool = True, progress: bool = True) -> dict:
+        *, require_mask: bool = True, progress: bool = True,
+        scorer: Scorer | None = None) -> dict:
     """Explains and scores every (positive image, finding) pair; resumable.
 
     Args:
@@ -172,6 +173,7 @@ def run(workdir: str, model, variables, images: np.ndarray, masks: np.ndarray,
       spec: methods and metric settings.
       require_mask: explain only images whose mask for the finding is non-empty (False for
         datasets without regions, e.g. BrixIA: localisation metrics are then NaN).
+      scorer: a `Scorer(model, spec)` to reuse (its jitted functions are compiled once).
     Returns:
       The summary (see `summarise`), also written to workdir/evaluation.json.
     """
@@ -182,7 +184,7 @@ def run(workdir: str, model, variables, images: np.ndarray, masks: np.ndarray,
     skipped = [{"id": int(i), "reason": "NaN or Inf pixels"} for i in np.nonzero(~finite)[0]]
     for s in skipped:
         logging.warning("Skipping image %d: %s", s["id"], s["reason"])
-    scorer = Scorer(model, spec)
+    scorer = scorer if scorer is not None else Scorer(model, spec)
     key = jax.random.key(spec.seed)
     work = []
     for k, name in enumerate(finding_names):
@@ -538,8 +540,9 @@ def evaluate_checkpoint(workdir: str, checkpoint: str, cfg, *, methods=None,
                 blur_sigma=cfg.blur_sigma * size / 224,
                 sensitivity_num_n=cfg.sensitivity_num_n, sensitivity_masks=cfg.sensitivity_masks,
                 seed=cfg.seed)
+    scorer = Scorer(model, spec)
     summary = run(workdir, model, variables, loc.images, loc.masks, loc.labels, loc.names, spec,
-                  require_mask=loc.require_mask, progress=progress)
+                  require_mask=loc.require_mask, progress=progress, scorer=scorer)
     summary["skipped"] += [{"id": p, "reason": r} for p, r in loc.skipped]
     results = {"pointing_game": summary["pointing_game"],
                "pointing_game_pooled": summary["pointing_game_pooled"],
@@ -553,7 +556,7 @@ def evaluate_checkpoint(workdir: str, checkpoint: str, cfg, *, methods=None,
     if runtime.is_writer():
         runtime.write_json(os.path.join(workdir, "results.json"), results)
         write_tables(workdir, summary, loc.names)
-        gallery(workdir, Scorer(model, spec), variables, loc.images, loc.masks, loc.labels,
+        gallery(workdir, scorer, variables, loc.images, loc.masks, loc.labels,
                 loc.names, per_finding=cfg.gallery_per_finding)
         sections = [("Setup", f"<p>Model {tcfg.model} from {checkpoint}, {data_cfg.dataset} "
                               f"at {size}px; pointing-game tolerance {spec.tolerance:.1f} px; "
