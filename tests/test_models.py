@@ -207,15 +207,20 @@ def test_bf16_compute_keeps_float32_params():
                                rtol=0.1)
 
 
-def test_loop_safe_conv_matches_lax_values_and_gradients():
+@pytest.mark.parametrize("kernel,stride,pad,dn", [
+    (3, 2, 1, ("NHWC", "HWIO", "NHWC")),
+    (1, 1, 0, ("NHWC", "HWIO", "NHWC")),      # pointwise: computed as a matrix product
+    (1, 1, 0, ("NCHW", "OIHW", "NCHW")),
+])
+def test_loop_safe_conv_matches_lax_values_and_gradients(kernel, stride, pad, dn):
     from jax import lax
 
     from cxr_jax.models.layers import loop_safe_conv
 
-    x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
-    k = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
-    args = ((2, 2), ((1, 1), (1, 1)))
-    dn = ("NHWC", "HWIO", "NHWC")
+    x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3) if dn[0] == "NHWC" else (2, 3, 9, 9))
+    k = jax.random.normal(jax.random.key(1), (kernel, kernel, 3, 5) if dn[1] == "HWIO"
+                          else (5, 3, kernel, kernel))
+    args = ((stride, stride), ((pad, pad), (pad, pad)))
 
     def ours(x, k):
         return jnp.sum(jnp.sin(loop_safe_conv(x, k, *args, dimension_numbers=dn)))
@@ -232,3 +237,35 @@ def test_loop_safe_conv_matches_lax_values_and_gradients():
                             jnp.zeros_like(x), jnp.array([0.5, 1.0]))[0]
     expected = jax.grad(ref)(x * 0.5, k) + jax.grad(ref)(x, k)
     np.testing.assert_allclose(scanned(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 9, 3), (1, 8, 8, 2), (2, 16, 15, 4)])
+def test_max_pool_equals_reduce_window_values_and_gradients(shape):
+    """The slice-based pool gives lax's values and routes each gradient to the first maximum of
+    its window exactly as select-and-scatter does, ties included (inputs rounded to halves)."""
+    import flax.linen as nn
+
+    from cxr_jax.models.layers import max_pool_3x3_s2
+
+    def ref(x):
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+    x = jnp.round(jax.random.normal(jax.random.key(0), shape) * 2) / 2
+    w = jax.random.normal(jax.random.key(1), ref(x).shape)
+    np.testing.assert_array_equal(max_pool_3x3_s2(x), ref(x))
+    ours = jax.grad(lambda x: jnp.sum(max_pool_3x3_s2(x) * w))(x)
+    theirs = jax.grad(lambda x: jnp.sum(ref(x) * w))(x)
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    # A window whose maximum repeats sends its gradient to one pixel only (the first).
+    flat = jnp.zeros((1, 3, 3, 1))
+    g = jax.grad(lambda x: jnp.sum(max_pool_3x3_s2(x)))(flat)
+    assert float(g.sum()) == 4.0 and int((g != 0).sum()) <= 4
+
+
+def test_avg_pool_2x2_matches_torchvision_floor_mode():
+    from cxr_jax.models.layers import avg_pool_2x2
+
+    x = jnp.arange(2 * 5 * 7 * 3, dtype=jnp.float32).reshape(2, 5, 7, 3)
+    y = avg_pool_2x2(x)
+    assert y.shape == (2, 2, 3, 3)
+    np.testing.assert_allclose(y[0, 1, 2, 0], np.mean(np.asarray(x)[0, 2:4, 4:6, 0]))

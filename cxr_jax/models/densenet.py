@@ -14,7 +14,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cxr_jax.models.base import Model, Stage
-from cxr_jax.models.layers import BatchNorm, conv, global_avg_pool, max_pool_3x3_s2, relu_fn
+from cxr_jax.models.layers import (BatchNorm, avg_pool_2x2, conv, global_avg_pool,
+                                   max_pool_3x3_s2, relu_fn)
 
 
 class DenseLayer(nn.Module):
@@ -69,7 +70,7 @@ class Transition(nn.Module):
         # A 1x1 convolution and 2x2 average pooling are both linear and act on different axes,
         # so they commute: pooling first gives torchvision's result (up to rounding) with a
         # quarter of the convolution's work, forward and backward.
-        h = nn.avg_pool(h, (2, 2), strides=(2, 2))
+        h = avg_pool_2x2(h)
         return conv(self.features, 1, name="conv", dtype=self.dtype)(h)
 
 

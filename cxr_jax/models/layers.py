@@ -85,11 +85,29 @@ def loop_safe_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
     simple = (feature_group_count == 1 and batch_group_count == 1 and undilated
               and isinstance(padding, (tuple, list))
               and precision is None and preferred_element_type is None)
+    if simple and _is_pointwise(rhs, dn, window_strides, padding):
+        return _pointwise(lhs, rhs, dn)
     if not simple:
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                         rhs_dilation, dimension_numbers, feature_group_count,
                                         batch_group_count, precision, preferred_element_type)
     return _loop_safe(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding), dn)
+
+
+def _is_pointwise(rhs, dn, strides, padding) -> bool:
+    spatial = [rhs.shape[d] for d in dn.rhs_spec[2:]]
+    return (all(k == 1 for k in spatial) and all(int(s) == 1 for s in strides)
+            and all(tuple(p) == (0, 0) for p in padding))
+
+
+def _pointwise(lhs, rhs, dn):
+    """A 1x1, stride-1, unpadded convolution as a matrix product over the channel axis."""
+    w = jnp.squeeze(rhs, axis=tuple(dn.rhs_spec[2:]))          # [O, I] or [I, O] by layout
+    o_first = dn.rhs_spec[0] < dn.rhs_spec[1]
+    c_in = dn.lhs_spec[1]
+    out = lax.dot_general(lhs, w, (((c_in,), (1 if o_first else 0,)), ((), ())))
+    # dot_general puts the output channels last; move them where the output layout wants them.
+    return jnp.moveaxis(out, -1, dn.out_spec[1])
 
 
 # torchvision's BatchNorm2d: eps 1e-5, momentum 0.1 (= Flax momentum 0.9).
@@ -112,9 +130,56 @@ def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, *, name:
     )
 
 
+def _pool_windows(x: jax.Array) -> tuple[list[jax.Array], int, int]:
+    """The nine strided views of a 3x3/stride-2/pad-1 pooling: views[3*di + dj][:, i, j] is the
+    input at row 2i + di - 1, column 2j + dj - 1 (-inf outside the image)."""
+    b, h, w, c = x.shape
+    oh, ow = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+    views = [lax.slice(xp, (0, di, dj, 0), (b, di + 2 * oh - 1, dj + 2 * ow - 1, c), (1, 2, 2, 1))
+             for di in range(3) for dj in range(3)]
+    return views, oh, ow
+
+
+@jax.custom_vjp
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
-    """torchvision's MaxPool2d(3, stride 2, padding 1)."""
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    """torchvision's MaxPool2d(3, stride 2, padding 1), with a cheap exact backward pass."""
+    views, _, _ = _pool_windows(x)
+    return functools.reduce(jnp.maximum, views)
+
+
+def _max_pool_fwd(x):
+    views, oh, ow = _pool_windows(x)
+    y = functools.reduce(jnp.maximum, views)
+    first = jnp.full(y.shape, 8, jnp.int8)
+    for k in range(7, -1, -1):
+        first = jnp.where(views[k] == y, jnp.int8(k), first)
+    return y, (first, x.shape)
+
+
+def _max_pool_bwd(res, g):
+    first, shape = res
+    b, h, w, c = shape
+    oh, ow = first.shape[1:3]
+    k = first.astype(jnp.int32)
+    rows = 2 * jnp.arange(oh, dtype=jnp.int32)[None, :, None, None] + k // 3 - 1
+    cols = 2 * jnp.arange(ow, dtype=jnp.int32)[None, None, :, None] + k % 3 - 1
+    bi = jnp.arange(b, dtype=jnp.int32)[:, None, None, None]
+    ci = jnp.arange(c, dtype=jnp.int32)[None, None, None, :]
+    flat = ((bi * h + rows) * w + cols) * c + ci
+    dx = jnp.zeros((b * h * w * c,), g.dtype).at[flat.reshape(-1)].add(g.reshape(-1), mode="drop")
+    return (dx.reshape(shape),)
+
+
+max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def avg_pool_2x2(x: jax.Array) -> jax.Array:
+    """torchvision's AvgPool2d(2, stride 2) (odd trailing rows/columns dropped), as a reshape
+    and mean: its gradient is a broadcast rather than a padded reduce-window."""
+    b, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
