@@ -6,6 +6,9 @@ r"""Times the forward pass and every attribution method, as ratios to the forwar
 Writes `DIR/benchmark.json`:
     {"forward_s_per_image": ..., "forward_compile_s": ..., "device": ..., "methods":
      {name: {"s_per_image", "ratio_to_forward", "compile_s", "repeats", "hparams"}}}
+`setup` is [model, image size, batch, classes, keep_freed_memory]; results of another setup are
+not mixed in. `--keep_freed_memory` (on by default, see `cxr_jax.runtime.keep_freed_memory`)
+makes malloc reuse XLA's per-call scratch memory; `--nokeep_freed_memory` times the default.
 Each method is jitted once (compile time = lowering + compilation, measured separately), run once
 to warm up, then timed `--repeats` times (the median is reported; the minimum is kept too). The
 file is rewritten after every method, and methods already in it are skipped on a rerun unless
@@ -95,9 +98,11 @@ def run(workdir: str, *, model_name: str, image_size: int, batch_size: int, num_
     fwd_times = _time(fwd, variables, x, repeats=max(repeats, 5), slow_s=slow_s)
     forward = statistics.median(fwd_times) / batch_size
     old = runtime.read_json(path, {})
-    same_setup = old.get("setup") == [model_name, image_size, batch_size, num_classes]
+    setup = [model_name, image_size, batch_size, num_classes, runtime.allocator_tuned()]
+    same_setup = old.get("setup") == setup
     result = {
-        "setup": [model_name, image_size, batch_size, num_classes],
+        "setup": setup,
+        "keep_freed_memory": runtime.allocator_tuned(),
         "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
         "forward_s_per_image": forward,
         "forward_min_s_per_image": min(fwd_times) / batch_size,
