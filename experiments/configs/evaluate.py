@@ -35,7 +35,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.seed = 0
     if variant == "fast":
         c.fast = True
-        # The tiny CPU models end at stride 32 (a 3x3 map at 96 px): CAMs there cannot point at
+        # The tiny CPU models end at stride 32 (a 4x4 map at 128 px): CAMs there cannot point at
         # a nodule. layer3 (stride 16) is the finest layer the CAM literature also uses.
         c.cam_layer = "stride16"
         c.sensitivity_num_n = 10

@@ -6,7 +6,7 @@ plus the agreement matrix between methods (seed 002's comparison on NIH ChestX-r
     python -m experiments.paper --workdir runs/cam_boxes_full \
         --config=experiments/configs/paper_cam_boxes.py:full --config.train.data_dir=/data/nih
 
-"reduced": the tiny DenseNet, ResNet and bottleneck ResNet on phantoms at 96 px (stand-ins for
+"reduced": the tiny DenseNet, ResNet and bottleneck ResNet on phantoms at 128 px (stand-ins for
 the four architectures); "full": ResNet-50, ResNet-152, DenseNet-121, DenseNet-169 on NIH at 224.
 """
 
@@ -35,7 +35,7 @@ def get_config(variant: str = "reduced") -> ml_collections.ConfigDict:
     if variant == "reduced":
         c.train = train_config.get_config("quickstart")
         c.models = ["resnet_tiny", "resnet_tiny_bottleneck", "densenet_tiny"]
-        c.note = ("Reduced run on phantoms at 96 px with tiny stand-ins for ResNet-50/152 and "
+        c.note = ("Reduced run on phantoms at 128 px with tiny stand-ins for ResNet-50/152 and "
                   "DenseNet-121/169; numbers are not comparable to the paper's.")
     elif variant == "full":
         c.train = train_config.get_config("default")

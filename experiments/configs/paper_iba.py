@@ -36,7 +36,7 @@ def get_config(variant: str = "reduced") -> ml_collections.ConfigDict:
         c.train = train_config.get_config("quickstart")
         c.models = ["densenet_tiny", "densenet_tiny@phantoms_severity"]
         c.eval.iba_samples = 1000
-        c.note = ("Reduced run: tiny DenseNet on phantoms at 96 px (classifier) and as a "
+        c.note = ("Reduced run: tiny DenseNet on phantoms at 128 px (classifier) and as a "
                   "severity regressor; numbers are not comparable to the paper's.")
     elif variant == "full":
         c.train = train_config.get_config("default")

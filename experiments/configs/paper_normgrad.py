@@ -10,7 +10,7 @@ layer3.0, layer4.0, layer4.2).
         --config=experiments/configs/paper_normgrad.py:full --config.train.data_dir=/data/object-CXR
 
 "reduced": the tiny ResNet (one unit per layer, so layer4.last = layer4.0) trained on phantoms at
-96 px; "full": ResNet-34 on Object-CXR at 600 px.
+128 px; "full": ResNet-34 on Object-CXR at 600 px.
 """
 
 import ml_collections
@@ -47,7 +47,7 @@ def get_config(variant: str = "reduced") -> ml_collections.ConfigDict:
         c.models = ["resnet_tiny"]
         c.findings = ["foreign_object"]
         c.eval.max_per_finding = 64
-        c.note = ("Reduced run: tiny ResNet trained on phantoms at 96 px; the object is the "
+        c.note = ("Reduced run: tiny ResNet trained on phantoms at 128 px; the object is the "
                   "phantom's foreign-object finding. Numbers are not comparable to the paper's.")
     elif variant == "full":
         c.train = train_config.get_config("default")
