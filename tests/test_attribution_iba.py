@@ -472,6 +472,31 @@ def test_combine_multilayer_on_hand_made_maps():
         I.combine_multilayer([m1, np.ones((1, 3, 3))])
 
 
+def test_default_gate_is_the_reference_threshold_at_the_map_size():
+    assert I.reference_threshold((224, 224)) == pytest.approx(0.006)
+    assert I.reference_threshold((128, 128)) == pytest.approx(0.0105)
+    # a uniform unit-norm map sits at 1/sqrt(HW): the gate is 1.344x that level at every size
+    for size in ((64, 64), (128, 96), (224, 224)):
+        assert I.reference_threshold(size) * np.sqrt(size[0] * size[1]) == pytest.approx(1.344)
+    # at 128 px: a gate map whose unit-norm values are 0.0091 (top half) and 0.0063 (bottom)
+    # passes everywhere under the 224-px value 0.006, nowhere under the carried-over 0.0105
+    keep = np.ones((1, 128, 128))  # unit-norm: 1/128 everywhere
+    gate = np.ones((1, 128, 128))
+    gate[0, :64] = 1.44
+    n = gate / np.sqrt((gate ** 2).sum())
+    assert 0.006 < n.min() < n.max() < 0.0105
+    np.testing.assert_allclose(I.combine_multilayer([keep, gate], thresholds=0.006), keep / 128,
+                               rtol=1e-6)
+    assert np.all(np.asarray(I.combine_multilayer([keep, gate])) == 0)
+    # a gate above 0.0105 in its top quarter passes there only
+    gate = np.ones((1, 128, 128))
+    gate[0, :32] = 2.0
+    n = gate / np.sqrt((gate ** 2).sum())
+    assert n.min() < 0.0105 < n.max()
+    np.testing.assert_allclose(I.combine_multilayer([keep, gate]),
+                               np.where(n > 0.0105, 1 / 128, 0.0), rtol=1e-6)
+
+
 def test_multilayer_iba_optimises_each_layer_separately():
     model, variables, stats = region_setup()
     x = region_images()

@@ -357,8 +357,22 @@ def capacity_to_saliency(capacity: Array, size: tuple[int, int]) -> Array:
     return jax.image.resize(bits, (b, big_h, big_w), method="bilinear")
 
 
+REFERENCE_THRESHOLD = 0.006  # Multi-layer IBA's gate on unit-norm maps at 224x224
+
+
+def reference_threshold(size: tuple[int, int]) -> float:
+    """The reference's gate (0.006 on unit-norm 224x224 maps) carried to maps of `size`.
+
+    A unit-norm map that is uniform over H x W pixels has value 1 / sqrt(H W) (1/224 at 224 px),
+    so 0.006 means "1.34 times the uniform level". Keeping that ratio gives
+    0.006 * 224 / sqrt(H W): 0.006 at 224 px, 0.0105 at 128 px, 0.0056 at 240 px.
+    """
+    h, w = size
+    return REFERENCE_THRESHOLD * 224.0 / math.sqrt(h * w)
+
+
 def combine_multilayer(maps: Sequence[Array], *, combine: str = "gated",
-                       thresholds: float | Sequence[float] = 0.006,
+                       thresholds: float | Sequence[float] | None = None,
                        weights: Sequence[float] | None = None) -> Array:
     """Multi-layer IBA's combination of per-layer maps (Khakzar et al. 2021).
 
@@ -370,12 +384,15 @@ def combine_multilayer(maps: Sequence[Array], *, combine: str = "gated",
 
     Thresholds are absolute on unit-norm maps, so they depend on the map size: the reference's
     0.006 (swept 0.002-0.006) is for 224x224, where a uniform unit-norm map is 1/224 = 0.0045.
+    The default (None) is that threshold carried to the maps' size, `reference_threshold`
+    (0.006 * 224 / sqrt(H W)), so "gated" means the same at every resolution.
 
     Args:
       maps: per-layer maps, each [..., H, W] (same shape), the first the one kept by "gated"
         (in Multi-layer IBA: the shallowest, highest-resolution layer).
       combine: "gated" or "sum".
-      thresholds: t_2, t_3, ... for "gated": one value for all, or one per map after the first.
+      thresholds: t_2, t_3, ... for "gated": one value for all, or one per map after the first;
+        None: `reference_threshold` of the map size for all.
       weights: w_i for "sum", one per map.
     Returns:
       The combined map, the shape of one map.
@@ -391,6 +408,8 @@ def combine_multilayer(maps: Sequence[Array], *, combine: str = "gated",
         norm = jnp.sqrt(jnp.sum(jnp.square(m), axis=(-2, -1), keepdims=True))
         normed.append(jnp.where(norm > 0, m / jnp.where(norm > 0, norm, 1.0), 0.0))
     if combine == "gated":
+        if thresholds is None:
+            thresholds = reference_threshold(maps[0].shape[-2:])
         t = (list(thresholds) if isinstance(thresholds, (list, tuple, np.ndarray))
              else [thresholds] * (len(maps) - 1))
         if len(t) != len(maps) - 1:
@@ -837,7 +856,7 @@ def multilayer_default_layers(model: Model) -> tuple[str, ...]:
 def multilayer_iba(model: Model, variables: Any, x: Array, targets: Any, *,
                    layer: Sequence[str] | None = None, key: Any = None,
                    stats: Mapping[str, IBAStats] | None = None, combine: str = "gated",
-                   thresholds: float | Sequence[float] = 0.006,
+                   thresholds: float | Sequence[float] | None = None,
                    weights: Sequence[float] | None = None, inverse: bool = False,
                    beta: float = 10.0, steps: int = 10, lr: float = 1.0, samples: int = 10,
                    alpha0: float = 5.0, sigma: float = 1.0, loss: str = "bce",
@@ -862,7 +881,8 @@ def multilayer_iba(model: Model, variables: Any, x: Array, targets: Any, *,
         denseblock2, denseblock3 (`multilayer_default_layers`).
       stats: {layer: IBAStats}, one entry per layer.
       combine, thresholds, weights: see `combine_multilayer` (thresholds are for unit-norm
-        maps of the input size; the reference's 0.006 is for 224x224).
+        maps of the input size; the default, None, is the reference's 0.006 at 224x224 carried
+        to the input size: 0.006 * 224 / sqrt(H W)).
       inverse: use Inverse IBA's bottleneck at every layer.
       Others: as `iba` (beta, steps, ... apply to every layer).
     Returns:
