@@ -36,7 +36,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.bf16 = False
     c.kill_at_step = 0            # testing only: SIGKILL right after this step's checkpoint
     if variant == "quickstart":
-        c.model = "resnet_tiny"
+        c.model = "resnet_small"
         c.image_size = 128
         c.num_train = 10000
         c.num_test = 1000
