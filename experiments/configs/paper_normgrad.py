@@ -11,6 +11,11 @@ layer3.0, layer4.0, layer4.2).
 
 "reduced": the tiny ResNet (one unit per layer, so layer4.last = layer4.0) trained on phantoms at
 128 px; "full": ResNet-34 on Object-CXR at 600 px.
+
+The bias variant at layer4.last is flat by construction: that tap is the last unit's output,
+which only global average pooling follows, so the gradient there is the same at every location
+(||g_u|| constant), the map's argmax is pixel (0, 0), and min-max normalising the constant map
+gives zeros, which zero the combined product too. The table reports what that gives.
 """
 
 import ml_collections
@@ -48,7 +53,9 @@ def get_config(variant: str = "reduced") -> ml_collections.ConfigDict:
         c.findings = ["foreign_object"]
         c.eval.max_per_finding = 64
         c.note = ("Reduced run: tiny ResNet trained on phantoms at 128 px; the object is the "
-                  "phantom's foreign-object finding. Numbers are not comparable to the paper's.")
+                  "phantom's foreign-object finding. Numbers are not comparable to the paper's. "
+                  "NormGrad's bias variant at layer4.last is flat by construction (only global "
+                  "average pooling follows that tap), hence its zero rows.")
     elif variant == "full":
         c.train = train_config.get_config("default")
         c.train.dataset = "object_cxr"
@@ -59,7 +66,9 @@ def get_config(variant: str = "reduced") -> ml_collections.ConfigDict:
         c.eval.dataset = "object_cxr"
         c.eval.num_test = 1000
         c.eval.max_per_finding = None
-        c.note = "Object-CXR dev set, positives only (images with at least one object)."
+        c.note = ("Object-CXR dev set, positives only (images with at least one object). "
+                  "NormGrad's bias variant at layer4.last is flat by construction (only global "
+                  "average pooling follows that tap).")
     else:
         raise ValueError(f"Unknown variant {variant!r}: reduced or full.")
     return c
