@@ -45,6 +45,9 @@ class Spec:
       pixels_per_step, fraction, blur_sigma: insertion/deletion settings.
       sensitivity_num_n, sensitivity_masks: sensitivity-N settings (0 disables it).
       seed: PRNG seed for stochastic methods and sensitivity-N.
+      regression: the model is a regressor (e.g. a severity score): insertion and deletion
+        follow its raw output for the target (AUC in the output's units) instead of a sigmoid
+        probability, which a score of several units would saturate at 1.
     """
 
     methods: Mapping[str, tuple[str, Mapping[str, Any]]]
@@ -58,6 +61,7 @@ class Spec:
     sensitivity_num_n: int = 50
     sensitivity_masks: int = 30
     seed: int = 0
+    regression: bool = False
 
 
 def box_of_mask(mask: np.ndarray) -> np.ndarray:
@@ -81,8 +85,16 @@ class Scorer:
         self._pg = jax.jit(functools.partial(metrics.pointing_game, tolerance=spec.tolerance))
         curve = dict(baseline="blur", sigma=spec.blur_sigma, pixels_per_step=spec.pixels_per_step,
                      fraction=spec.fraction)
-        self._ins = jax.jit(lambda v, x, s, t: metrics.insertion_auc(model, v, x, s, t, **curve))
-        self._del = jax.jit(lambda v, x, s, t: metrics.deletion_auc(model, v, x, s, t, **curve))
+
+        def curve_target(t):  # class indices (sigmoid scores) or, for a regressor, raw outputs
+            if not spec.regression:
+                return t
+            return lambda logits: jnp.take_along_axis(logits, t[:, None], axis=-1)[..., 0]
+
+        self._ins = jax.jit(lambda v, x, s, t: metrics.insertion_auc(
+            model, v, x, s, curve_target(t), **curve))
+        self._del = jax.jit(lambda v, x, s, t: metrics.deletion_auc(
+            model, v, x, s, curve_target(t), **curve))
         self._sens = jax.jit(lambda v, x, s, t, k: jnp.mean(metrics.sensitivity_n(
             model, v, x, s, t, key=k, num_n=spec.sensitivity_num_n,
             num_masks=spec.sensitivity_masks).correlation, axis=-1))
@@ -539,7 +551,7 @@ def evaluate_checkpoint(workdir: str, checkpoint: str, cfg, *, methods=None,
                 faithfulness=cfg.faithfulness, pixels_per_step=pps, fraction=fraction,
                 blur_sigma=cfg.blur_sigma * size / 224,
                 sensitivity_num_n=cfg.sensitivity_num_n, sensitivity_masks=cfg.sensitivity_masks,
-                seed=cfg.seed)
+                seed=cfg.seed, regression=tcfg.loss == "mse")
     scorer = Scorer(model, spec)
     summary = run(workdir, model, variables, loc.images, loc.masks, loc.labels, loc.names, spec,
                   require_mask=loc.require_mask, progress=progress, scorer=scorer)

@@ -5,10 +5,11 @@ import math
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cxr_jax import evaluation, models
+from cxr_jax import evaluation, metrics, models
 
 
 def _row(i, finding, pg, box=(0, 0, 4, 4), gt=(0, 0, 4, 4)):
@@ -105,3 +106,33 @@ def test_cut_line_is_redone(tmp_path):
                          spec, progress=False)
     assert sum(out["counts"].values()) == 4 + 3
     assert not math.isnan(out["pointing_game"]["gradient"])
+
+
+
+def test_regression_insertion_deletion_follow_the_raw_output():
+    # A one-output "regressor" whose head bias puts every output near 20 (severity-like units):
+    # a sigmoid would read ~1 at every step; the regression scorer follows the raw output.
+    model = models.get("resnet_tiny", num_classes=1)
+    images, masks, _ = _toy(n=2)
+    variables = model.init(jax.random.key(0), images[:1])
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, a: a + 20.0 if "bias" in jax.tree_util.keystr(path)
+        and a.shape == (1,) else a, variables["params"])
+    variables = {**variables, "params": params}
+    kw = dict(methods={"gradient": ("gradient", {})}, tolerance=2.0, batch_size=2,
+              pixels_per_step=64, fraction=0.5, blur_sigma=2.0, sensitivity_num_n=0)
+    t = np.zeros(2, np.int32)
+    key = jax.random.key(0)
+    reg = evaluation.Scorer(model, evaluation.Spec(**kw, regression=True))
+    cls = evaluation.Scorer(model, evaluation.Spec(**kw))
+    r = reg.score(variables, images[:2], masks[:2, 0], t, key)["gradient"]
+    c = cls.score(variables, images[:2], masks[:2, 0], t, key)["gradient"]
+    sal = reg.explain["gradient"](variables, jnp.asarray(images[:2]), jnp.asarray(t),
+                                  jax.random.fold_in(key, 0))
+    raw = lambda logits: logits[:, 0]
+    curve = dict(baseline="blur", sigma=2.0, pixels_per_step=64, fraction=0.5)
+    for name, fn in (("insertion", metrics.insertion_auc), ("deletion", metrics.deletion_auc)):
+        want = fn(model, variables, jnp.asarray(images[:2]), sal, raw, **curve)
+        np.testing.assert_allclose(r[name], want, rtol=1e-5)
+        assert np.all(r[name] > 10)  # raw units, not a probability
+        np.testing.assert_allclose(c[name], 1.0, atol=1e-6)  # the sigmoid saturates

@@ -7,7 +7,9 @@ sensitivity-N (Khakzar et al. 2021, CheXplain-IBA: NIH ChestX-ray14 and BrixIA).
         --config=experiments/configs/paper_iba.py:full --config.train.data_dir=/data/nih
 
 Classifiers are explained with IBA, Inverse IBA and Multi-layer IBA; the severity regressor
-(the entry "model@phantoms_severity" or "model@brixia") with Regression IBA.
+(the entry "model@phantoms_severity" or "model@brixia") with Regression IBA. A regressor's
+insertion and deletion curves follow its raw predicted score, so their AUCs are in score units
+(severity points), not probabilities.
 """
 
 import ml_collections
@@ -37,7 +39,8 @@ def get_config(variant: str = "reduced") -> ml_collections.ConfigDict:
         c.models = ["densenet_tiny", "densenet_tiny@phantoms_severity"]
         c.eval.iba_samples = 1000
         c.note = ("Reduced run: tiny DenseNet on phantoms at 128 px (classifier) and as a "
-                  "severity regressor; numbers are not comparable to the paper's.")
+                  "severity regressor; numbers are not comparable to the paper's. The "
+                  "regressor's insertion/deletion AUCs are in severity points.")
     elif variant == "full":
         c.train = train_config.get_config("default")
         c.train.dataset = "nih"
