@@ -77,3 +77,19 @@ def test_unknown_dataset_and_missing_folder():
         datasets.build(c)
     with pytest.raises(ValueError, match="not a folder"):
         datasets.build(_config("/nonexistent/folder"))
+
+
+@pytest.mark.parametrize("name", ["phantoms", "phantoms_severity"])
+def test_phantom_training_set_is_rendered_in_chunks_without_changing_it(monkeypatch, name):
+    """Chunked rendering (masks never held for the whole training set) gives the very images and
+    labels one generate() call gives, across chunk boundaries and a short last chunk."""
+    monkeypatch.setattr(datasets, "_CHUNK", 5)
+    c = ml_collections.ConfigDict({"dataset": name, "num_train": 12, "num_test": 2,
+                                   "image_size": 32, "seed": 4})
+    d = datasets.build(c)
+    whole = phantoms.generate(12, image_size=32, seed=9)
+    rows = [d.train[i] for i in range(len(d.train))]
+    assert len(rows) == 12
+    np.testing.assert_array_equal(np.stack([r["image"] for r in rows]), whole.images)
+    want = whole.labels if name == "phantoms" else whole.severity.sum(1, keepdims=True)
+    np.testing.assert_array_equal(np.stack([r["labels"] for r in rows]), want)

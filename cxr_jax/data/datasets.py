@@ -33,22 +33,40 @@ class Dataset:
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
+_CHUNK = 2048
+
+
+def _phantom_training_arrays(n: int, image_size: int, seed: int, labels) -> dict:
+    """Images and labels of phantoms [0, n) of `seed`, rendered in chunks so the masks and
+    concept maps (needed for evaluation, not training) never exist for all n at once: at 128 px
+    they are ~20x the images' size. Identical to one `phantoms.generate(n, ...)` call."""
+    images, ys = [], []
+    for start in range(0, n, _CHUNK):
+        b = phantoms.generate(min(_CHUNK, n - start), image_size=image_size, seed=seed, start=start)
+        images.append(b.images)
+        ys.append(labels(b))
+    empty = phantoms.generate(0, image_size=image_size, seed=seed)
+    return {"image": np.concatenate(images) if images else empty.images,
+            "labels": np.concatenate(ys) if ys else labels(empty)}
+
+
 def phantom_dataset(config) -> Dataset:
     """Train and held-out phantoms from disjoint seeds."""
-    tr = phantoms.generate(config.num_train, image_size=config.image_size, seed=config.seed * 2 + 1)
+    tr = _phantom_training_arrays(config.num_train, config.image_size, config.seed * 2 + 1,
+                                  lambda b: b.labels)
     te = phantoms.generate(config.num_test, image_size=config.image_size, seed=config.seed * 2 + 2)
-    return Dataset(train=ArraySource({"image": tr.images, "labels": tr.labels}),
+    return Dataset(train=ArraySource(tr),
                    eval={"image": te.images, "labels": te.labels},
-                   label_names=tuple(tr.finding_names), loss="bce", extra={"test": te})
+                   label_names=tuple(te.finding_names), loss="bce", extra={"test": te})
 
 
 def phantom_severity_dataset(config) -> Dataset:
     """Phantoms labelled with their BrixIA-style global severity (sum of six zone scores, 0-18),
     for severity regressors (MSE); the opacity mask is the ground-truth region."""
-    tr = phantoms.generate(config.num_train, image_size=config.image_size, seed=config.seed * 2 + 1)
-    te = phantoms.generate(config.num_test, image_size=config.image_size, seed=config.seed * 2 + 2)
     score = lambda b: b.severity.sum(axis=1, keepdims=True).astype(np.float32)
-    return Dataset(train=ArraySource({"image": tr.images, "labels": score(tr)}),
+    tr = _phantom_training_arrays(config.num_train, config.image_size, config.seed * 2 + 1, score)
+    te = phantoms.generate(config.num_test, image_size=config.image_size, seed=config.seed * 2 + 2)
+    return Dataset(train=ArraySource(tr),
                    eval={"image": te.images, "labels": score(te)},
                    label_names=("global_severity",), loss="mse", extra={"test": te})
 
