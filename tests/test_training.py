@@ -41,6 +41,28 @@ def test_ce_and_mse_losses():
         training.loss_fn("hinge", logits, logits)
 
 
+def test_label_smoothing_moves_targets_and_bounds_the_optimal_logit():
+    eps = 0.1
+    sp = lambda z: np.log1p(np.exp(z))
+    logits = jnp.array([[2.0, -1.0]])
+    labels = jnp.array([[1.0, 0.0]])
+    # bce: y -> 0.95 / 0.05, so each term is (1 - t) softplus(z) + t softplus(-z).
+    want = np.mean([0.95 * sp(-2.0) + 0.05 * sp(2.0), 0.95 * sp(-1.0) + 0.05 * sp(1.0)])
+    np.testing.assert_allclose(training.loss_fn("bce", logits, labels, label_smoothing=eps),
+                               want, rtol=1e-6)
+    # Minimal at log((2 - eps) / eps) for a positive label, not at +infinity.
+    grad = jax.grad(lambda z: training.loss_fn("bce", z[None, None], jnp.ones((1, 1)),
+                                               label_smoothing=eps))
+    assert abs(float(grad(jnp.float32(np.log((2 - eps) / eps))))) < 1e-6
+    assert float(grad(jnp.float32(10.0))) > 0
+    # ce with K = 2: targets (eps/2, 1 - eps/2).
+    ce = training.loss_fn("ce", jnp.array([[1.0, 2.0]]), jnp.array([1]), label_smoothing=eps)
+    logp = np.log(np.exp([1.0, 2.0]) / np.exp([1.0, 2.0]).sum())
+    np.testing.assert_allclose(ce, -(0.05 * logp[0] + 0.95 * logp[1]), rtol=1e-6)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        training.loss_fn("bce", logits, labels, label_smoothing=1.0)
+
+
 def test_optimizer_warmup_then_cosine():
     tx = training.make_optimizer(name="sgd", learning_rate=1.0, total_steps=10, warmup_steps=5,
                                  weight_decay=0.0, clip_norm=None)

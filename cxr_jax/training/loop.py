@@ -65,8 +65,8 @@ def train(config, workdir: str, train_source, eval_arrays: Mapping[str, np.ndarr
     Args:
       config: ml_collections.ConfigDict with model, loss, steps, batch_size, learning_rate,
         warmup_steps, weight_decay, optimizer, schedule, eval_every, checkpoint_every, seed,
-        image_size, and optionally bf16, class_weights, kill_at_step (testing: SIGKILL itself
-        right after that step's checkpoint is started, to prove resumption).
+        image_size, and optionally bf16, class_weights, label_smoothing, kill_at_step (testing:
+        SIGKILL itself right after that step's checkpoint is started, to prove resumption).
       workdir: where checkpoints, history and results go.
       train_source: a Grain random-access source of {"image", "labels"} rows.
       eval_arrays: {"image": [N,H,W,1], "labels": [N,K] or [N]} held-out data.
@@ -93,7 +93,9 @@ def train(config, workdir: str, train_source, eval_arrays: Mapping[str, np.ndarr
     weights = config.get("class_weights", None)
     train_step = jax.jit(make_train_step(model, tx, loss=config.loss,
                                          class_weights=None if weights is None
-                                         else jnp.asarray(weights)), donate_argnums=0)
+                                         else jnp.asarray(weights),
+                                         label_smoothing=config.get("label_smoothing", 0.0)),
+                         donate_argnums=0)
     eval_fn = jax.jit(make_eval_step(model, loss=config.loss))
 
     state = create_state(model, tx, image_size=config.image_size, seed=config.seed)

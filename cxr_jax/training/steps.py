@@ -93,7 +93,7 @@ def create_state(model: Model, tx: optax.GradientTransformation, *, image_size: 
 
 
 def loss_fn(kind: str, logits: Array, labels: Array,
-            class_weights: Array | None = None) -> Array:
+            class_weights: Array | None = None, label_smoothing: float = 0.0) -> Array:
     """Mean training loss.
 
     Args:
@@ -104,19 +104,26 @@ def loss_fn(kind: str, logits: Array, labels: Array,
       logits: model outputs [B, K] (computed in float32).
       labels: as above.
       class_weights: [K] weights for "bce".
+      label_smoothing: eps for "bce" and "ce": targets move eps of the way to uniform (bce:
+        y -> y (1 - eps) + eps / 2). With eps > 0 the loss is minimal at a finite logit
+        (log((2 - eps) / eps) for bce, 3.7 at eps = 0.05), so a confident model's scores
+        stay off the sigmoid's flat tails, where perturbation methods (IBA) see no gradient.
     """
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")
     logits = logits.astype(jnp.float32)
     if kind == "bce":
         mask = ~jnp.isnan(labels)
-        y = jnp.where(mask, labels, 0.0)
+        y = jnp.where(mask, labels, 0.0) * (1.0 - label_smoothing) + 0.5 * label_smoothing
         per = optax.sigmoid_binary_cross_entropy(logits, y)
         w = mask.astype(jnp.float32)
         if class_weights is not None:
             w = w * jnp.asarray(class_weights, jnp.float32)[None, :]
         return jnp.sum(per * w) / jnp.maximum(jnp.sum(mask), 1.0)
     if kind == "ce":
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-            logits, labels.astype(jnp.int32)))
+        k = logits.shape[-1]
+        y = jax.nn.one_hot(labels.astype(jnp.int32), k) * (1.0 - label_smoothing)
+        return jnp.mean(optax.softmax_cross_entropy(logits, y + label_smoothing / k))
     if kind == "mse":
         return jnp.mean((logits.reshape(labels.shape[0], -1)[:, 0]
                          - labels.reshape(labels.shape[0], -1)[:, 0]) ** 2)
@@ -134,7 +141,8 @@ def predictions(kind: str, logits: Array) -> Array:
 
 
 def make_train_step(model: Model, tx: optax.GradientTransformation, *, loss: str,
-                    class_weights: Array | None = None) -> Callable:
+                    class_weights: Array | None = None,
+                    label_smoothing: float = 0.0) -> Callable:
     """`train_step(state, images, labels) -> (state, {"loss", "grad_norm"})`, pure (jit it)."""
     if loss not in LOSSES:
         raise ValueError(f"Unknown loss {loss!r}: use one of {LOSSES}.")
@@ -143,7 +151,8 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, *, loss: str
         def objective(params):
             logits, upd = model.apply({"params": params, "batch_stats": state.batch_stats},
                                       images, train=True, mutable=["batch_stats"])
-            return loss_fn(loss, logits, labels, class_weights), upd["batch_stats"]
+            return (loss_fn(loss, logits, labels, class_weights, label_smoothing),
+                    upd["batch_stats"])
 
         (value, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

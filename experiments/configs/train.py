@@ -27,6 +27,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.learning_rate = 1e-3
     c.warmup_steps = 200
     c.weight_decay = 1e-4
+    c.label_smoothing = 0.0       # bce/ce: targets move eps toward uniform (bounds the logits)
     c.batch_size = 32
     c.eval_batch_size = 64
     c.steps = 5000
