@@ -420,6 +420,41 @@ def gallery(workdir: str, scorer: Scorer, variables, images, masks, labels, name
     return path
 
 
+def iba_noise_check(model, variables, stats: Mapping[str, Any], names: Sequence[str], *,
+                    regression: bool = False, samples: int = 64) -> dict:
+    """{layer: {finding: score}}: the model's mean score (sigmoid; raw output for a regressor)
+    when the IBA bottleneck at the layer passes only noise (`attribution.noise_logits`).
+
+    A classifier's score near or above 0.5 there means IBA cannot localise that finding at that
+    layer: a closed bottleneck already keeps the score, so the map is flat or off the finding.
+    """
+    out = {}
+    for layer in sorted(stats):
+        logits = np.asarray(attribution.noise_logits(model, variables, stats[layer],
+                                                     samples=samples), np.float64)
+        score = logits if regression else 1.0 / (1.0 + np.exp(-logits))
+        out[layer] = {n: float(v) for n, v in zip(names, score.mean(0))}
+    return out
+
+
+def iba_noise_section(noise: Mapping[str, Mapping[str, float]], regression: bool) -> str:
+    from cxr_jax.report import table_html
+
+    rows = [{"layer": layer, **per} for layer, per in noise.items()]
+    if regression:
+        return ("<p>The regressor's output when the bottleneck at each layer passes only noise. "
+                "Regression IBA keeps the image's own output, so it is well posed as long as "
+                "this differs from it.</p>" + table_html(rows))
+    high = [f"{f} at {layer} ({v:.2f})" for layer, per in noise.items()
+            for f, v in per.items() if v >= 0.5]
+    verdict = ("Every finding's score drops below 0.5 on noise alone, as IBA presumes."
+               if not high else "On noise alone the model already scores " + ", ".join(high)
+               + ": IBA at that layer cannot localise that finding (a closed bottleneck keeps "
+                 "the score), and Multi-layer IBA inherits it through that layer.")
+    return (f"<p>Mean score of each finding when the bottleneck at a layer passes only noise "
+            f"(N(mu, sigma^2) of the layer's features). {verdict}</p>" + table_html(rows))
+
+
 def report_sections(workdir: str, summary: dict, names: Sequence[str]) -> list[tuple[str, str]]:
     """HTML sections: pointing game with the centre baseline, per-metric tables, agreement."""
     from cxr_jax.report import save_matrix, table_html
@@ -565,6 +600,14 @@ def evaluate_checkpoint(workdir: str, checkpoint: str, cfg, *, methods=None,
                             "pixels_per_step": pps,
                             "methods": {k: [m, {h: v for h, v in hp.items() if h != "stats"}]
                                         for k, (m, hp) in methods.items()}}}
+    used = {hp.get("stats").layer if hasattr(hp.get("stats"), "layer") else None
+            for _, hp in methods.values()}
+    used |= {st.layer for _, hp in methods.values() if isinstance(hp.get("stats"), Mapping)
+             for st in hp["stats"].values()}
+    noise_stats = {layer: st for layer, st in stats.items() if layer in used}
+    if noise_stats:
+        results["iba_noise"] = iba_noise_check(model, variables, noise_stats, names,
+                                               regression=tcfg.loss == "mse")
     if runtime.is_writer():
         runtime.write_json(os.path.join(workdir, "results.json"), results)
         write_tables(workdir, summary, loc.names)
@@ -574,6 +617,9 @@ def evaluate_checkpoint(workdir: str, checkpoint: str, cfg, *, methods=None,
                               f"at {size}px; pointing-game tolerance {spec.tolerance:.1f} px; "
                               f"images per finding: {summary['counts']}.</p>")]
         sections += report_sections(workdir, summary, loc.names)
+        if "iba_noise" in results:
+            sections.append(("IBA noise check", iba_noise_section(results["iba_noise"],
+                                                               tcfg.loss == "mse")))
         sections.append(("Overlays (green: ground truth)", '<img src="overlays.png">'))
         write_index(workdir, "cxr_jax evaluation", sections)
     return results

@@ -8,7 +8,8 @@ Steps, each resumable from the workdir:
      exact finding masks (`cxr_jax.evaluation`, settings of experiments/configs/evaluate.py:fast,
      results in `workdir/explain/`, resumable batch by batch);
   4. write `results.json` ({"auroc": {finding: value}, "pointing_game": {method: value, ...,
-     "centre": value}, "train_seconds", "resumed_from_step"}) and `index.html` with sample
+     "centre": value}, "iba_noise": {layer: {finding: score}}, "train_seconds",
+     "resumed_from_step"}) and `index.html` with sample
      phantoms and their masks, training curves, the AUROC table, the localisation tables, the
      agreement matrix and overlays.
 """
@@ -45,6 +46,8 @@ def run(workdir: str, config, eval_config=None, *, progress: bool = True) -> dic
                                                  eval_config, progress=progress)
         results["pointing_game"] = explain["pointing_game"]
         results["pointing_game_pooled"] = explain["pointing_game_pooled"]
+        if "iba_noise" in explain:
+            results["iba_noise"] = explain["iba_noise"]
         runtime.write_json(os.path.join(workdir, "results.json"), results)
     if not runtime.is_writer():
         return results
@@ -72,6 +75,9 @@ def run(workdir: str, config, eval_config=None, *, progress: bool = True) -> dic
                          "explain/per_image.jsonl; tables: explain/table_*.md.</p>"))
         for heading, body in evaluation.report_sections(ex, explain, list(results["auroc"])):
             sections.append((heading, body.replace('src="', 'src="explain/')))
+        if "iba_noise" in explain:
+            sections.append(("IBA noise check", evaluation.iba_noise_section(
+                explain["iba_noise"], config.loss == "mse")))
         sections.append(("Overlays (green: ground truth)", '<img src="explain/overlays.png">'))
     write_index(workdir, "cxr_jax quickstart", sections)
     logging.info("Report written to %s", os.path.join(workdir, "index.html"))

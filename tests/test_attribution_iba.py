@@ -1,5 +1,6 @@
 """The IBA family: statistics, bottleneck maths, known-answer toy models, batching, errors."""
 
+import dataclasses
 import functools
 import warnings
 
@@ -521,6 +522,52 @@ def test_multilayer_iba_optimises_each_layer_separately():
         I.multilayer_iba(model, variables, x, t, stats=stats, layer="pool")
     assert I.multilayer_default_layers(models.get("densenet_tiny", num_classes=1)) == (
         "denseblock1", "denseblock2", "denseblock3")
+
+
+# ----------------------------------------------------------------------------- noise baseline
+def test_noise_logits_are_the_models_answer_to_a_closed_bottleneck():
+    model, variables, stats = region_setup()
+    st = stats["pool"]
+    out = np.asarray(I.noise_logits(model, variables, st, samples=4096))
+    assert out.shape == (4096, 2)
+    # The head is linear in channel 0 of the noise: logit k ~ N(GAIN mean(mu_k) - GAIN/4,
+    # GAIN^2 sum(sigma_k^2) / cells^2), mu_k, sigma_k over region k's cells.
+    for k, (rs, cs) in enumerate(REGIONS):
+        mu, sd = np.asarray(st.mean)[rs, cs, 0], np.asarray(st.std)[rs, cs, 0]
+        assert out[:, k].mean() == pytest.approx(GAIN * mu.mean() - GAIN / 4, abs=0.1)
+        assert out[:, k].std() == pytest.approx(GAIN * np.sqrt((sd ** 2).sum()) / mu.size,
+                                                rel=0.05)
+    np.testing.assert_array_equal(out, I.noise_logits(model, variables, st, samples=4096,
+                                                      key=jax.random.key(0)))
+    # features the bottleneck masks out (active in <= 1% of samples) are zero in the noise too
+    dead = dataclasses.replace(st, active_rate=jnp.zeros_like(st.active_rate))
+    np.testing.assert_allclose(I.noise_logits(model, variables, dead, samples=3), -GAIN / 4)
+    with pytest.raises(ValueError, match="needs IBAStats"):
+        I.noise_logits(model, variables, {"pool": st})
+    with pytest.raises(ValueError, match="samples must be"):
+        I.noise_logits(model, variables, st, samples=0)
+
+
+def test_iba_map_collapses_for_a_target_the_noise_already_scores_high():
+    """The failure `noise_logits` detects: shift the noise mean in class 0's region so a closed
+    bottleneck scores class 0 at +6; class 0's map loses its information and its region, class 1
+    (whose noise still scores -2) keeps both."""
+    model, variables, stats = region_setup()
+    st = stats["pool"]
+    mean = np.asarray(st.mean).copy()
+    mean[REGIONS[0] + (0,)] += 1.0
+    hot = dataclasses.replace(st, mean=jnp.asarray(mean))
+    assert np.asarray(I.noise_logits(model, variables, hot)).mean(0)[0] > 5
+    x, t = region_images(), jnp.array([0, 1])
+    sal = {}
+    for name, s in (("fit", st), ("hot", hot)):
+        cap = I.iba_capacity(model, variables, x, t, stats=s, key=jax.random.key(1), unroll=1)
+        sal[name] = np.asarray(I.capacity_to_saliency(cap, (16, 16)))
+    frac = lambda m, i: m[i][region_mask(i)].sum() / m[i].sum()
+    assert frac(sal["fit"], 0) > 0.8 and frac(sal["hot"], 0) < 0.4
+    assert sal["hot"][0].sum() < 0.05 * sal["fit"][0].sum()
+    assert frac(sal["hot"], 1) > 0.8
+    np.testing.assert_allclose(sal["hot"][1].sum(), sal["fit"][1].sum(), rtol=0.05)
 
 
 # ------------------------------------------------------------------------------------- errors

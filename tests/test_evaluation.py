@@ -136,3 +136,42 @@ def test_regression_insertion_deletion_follow_the_raw_output():
         np.testing.assert_allclose(r[name], want, rtol=1e-5)
         assert np.all(r[name] > 10)  # raw units, not a probability
         np.testing.assert_allclose(c[name], 1.0, atol=1e-6)  # the sigmoid saturates
+
+
+def test_evaluate_checkpoint_end_to_end_writes_results_report_and_noise_check(tmp_path):
+    """A tiny trained checkpoint through evaluate_checkpoint: the files the issue names, the
+    centre baseline beside the methods, and the IBA noise check for exactly the layers the IBA
+    methods use, equal to iba_noise_check recomputed from the cached statistics."""
+    import ml_collections
+    from cxr_jax import attribution, training
+    from cxr_jax.data import datasets
+    from experiments.configs import evaluate as ecfg, train as tcfg_mod
+
+    tdir, edir = str(tmp_path / "train"), str(tmp_path / "eval")
+    tc = tcfg_mod.get_config("test")
+    tc.image_size = 64  # layer3 at stride 16: 4x4, enough for the bottleneck's smoothing
+    data = datasets.build(tc)
+    with tc.unlocked():
+        tc.loss = data.loss
+    training.train(tc, tdir, data.train, data.eval, data.label_names, progress=False)
+    c = ecfg.get_config("fast")
+    c.methods = "gradient,iba,multilayer_iba"
+    c.num_test, c.max_per_finding, c.batch_size, c.iba_samples = 24, 1, 4, 32
+    c.faithfulness = False
+    res = evaluation.evaluate_checkpoint(edir, tdir, c, progress=False)
+    assert set(res["pointing_game"]) == {"gradient", "iba", "multilayer_iba", "centre"}
+    for name in ("results.json", "index.html", "per_image.jsonl", "table_pointing_game.csv"):
+        assert os.path.exists(os.path.join(edir, name)), name
+    flat = lambda d: {(l, f): v for l, per in d.items() for f, v in per.items()}
+    with open(os.path.join(edir, "results.json")) as f:
+        assert flat(json.load(f)["iba_noise"]) == pytest.approx(flat(res["iba_noise"]))
+    # iba at layer3, multilayer_iba at layer1-3: the check covers their union
+    assert set(res["iba_noise"]) == {"layer1", "layer2", "layer3"}
+    model, variables, _, names = training.load_trained(tdir)
+    stats = {l: attribution.load_iba_stats(os.path.join(edir, f"iba_stats_{l}.npz"))
+             for l in res["iba_noise"]}
+    again = evaluation.iba_noise_check(model, variables, stats, names)
+    assert flat(again) == pytest.approx(flat(res["iba_noise"]), rel=1e-5)
+    assert all(0 <= v <= 1 for v in flat(again).values())
+    with open(os.path.join(edir, "index.html")) as f:
+        assert "IBA noise check" in f.read()

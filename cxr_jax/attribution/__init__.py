@@ -19,10 +19,9 @@ from cxr_jax.attribution import iba  # noqa: E402,F401
 from cxr_jax.attribution import postprocess  # noqa: E402
 from cxr_jax.attribution.multi import explain_multi  # noqa: E402
 from cxr_jax.attribution.iba import (  # noqa: E402
-    IBAStats, combine_multilayer, iba_capacity, iba_stats, load_iba_stats, reference_threshold,
-    save_iba_stats)
+    IBAStats, combine_multilayer, iba_capacity, iba_stats, load_iba_stats, noise_logits,
+    reference_threshold, save_iba_stats)
 
-__all__ = ["IBAStats", "Targets", "combine_multilayer", "explain_multi", "get", "iba_capacity", "iba_stats",
-           "load_iba_stats", "names", "postprocess", "reference_threshold", "register",
-           "resolve_layer", "save_iba_stats",
-           "score_fn"]
+__all__ = ["IBAStats", "Targets", "combine_multilayer", "explain_multi", "get", "iba_capacity",
+           "iba_stats", "load_iba_stats", "names", "noise_logits", "postprocess",
+           "reference_threshold", "register", "resolve_layer", "save_iba_stats", "score_fn"]

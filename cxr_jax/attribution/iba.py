@@ -843,6 +843,40 @@ def regression_iba(model: Model, variables: Any, x: Array, targets: Any = None, 
     return capacity_to_saliency(cap, x.shape[1:3])
 
 
+def noise_logits(model: Model, variables: Any, stats: IBAStats, *, key: Any = None,
+                 samples: int = 64, active_threshold: float = 0.01) -> Array:
+    """The model's outputs when the bottleneck at `stats.layer` passes no signal at all.
+
+    That is z = eps ~ N(mu, sigma^2) (inactive features zero), the bottleneck of `iba` at
+    lambda = 0 everywhere, pushed through the stages after the layer. IBA asks which features
+    must pass for the target's score to stay high; it presumes that noise alone scores low.
+    Where the noise already scores the target high, the bottleneck can close completely at no
+    cost to the model loss, so the map reflects little more than the capacity penalty (flat or
+    off the finding). Check this before trusting IBA for a finding at a layer: CNNs often answer
+    noise at a shallow layer with texture-like findings (consolidation), and at a deep one with
+    whatever their most extreme activations mean (a foreign object).
+
+    Args:
+      stats: the layer's statistics (`iba_stats`).
+      key: PRNG key for the noise (default key 0); samples: how many noise draws.
+      active_threshold: as in `iba`.
+    Returns:
+      [samples, K] outputs (logits) of the model for the noise draws.
+    """
+    if not isinstance(stats, IBAStats):
+        raise ValueError(f"noise_logits needs IBAStats (from iba_stats), got "
+                         f"{type(stats).__name__}.")
+    if stats.layer not in model.stages:
+        raise ValueError(f"Unknown layer {stats.layer!r} for {model.name!r}. Valid stage names: "
+                         f"{', '.join(model.stages)}.")
+    if int(samples) < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}.")
+    key = jax.random.key(0) if key is None else key
+    active = (stats.active_rate > active_threshold).astype(jnp.float32)
+    eps = stats.mean + stats.std * jax.random.normal(key, (int(samples),) + tuple(stats.shape))
+    return model.apply(variables, eps * active, start=stats.layer)
+
+
 def multilayer_default_layers(model: Model) -> tuple[str, ...]:
     """The reference's Multi-layer IBA layers: denseblock1-3 (DenseNet), layer1-3 (ResNet)."""
     if model.name.startswith("densenet"):
