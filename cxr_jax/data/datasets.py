@@ -37,17 +37,22 @@ _CHUNK = 2048
 
 
 def _phantom_training_arrays(n: int, image_size: int, seed: int, labels) -> dict:
-    """Images and labels of phantoms [0, n) of `seed`, rendered in chunks so the masks and
-    concept maps (needed for evaluation, not training) never exist for all n at once: at 128 px
-    they are ~20x the images' size. Identical to one `phantoms.generate(n, ...)` call."""
-    images, ys = [], []
+    """Images and labels of phantoms [0, n) of `seed`, rendered in chunks into preallocated
+    arrays, so the masks and concept maps (needed for evaluation, not training; at 128 px ~20x
+    the images' size) never exist for all n at once and the images are held once, not twice.
+    Identical to one `phantoms.generate(n, ...)` call."""
+    first = phantoms.generate(min(_CHUNK, n), image_size=image_size, seed=seed)
+    y = labels(first)
+    out = {"image": np.empty((n,) + first.images.shape[1:], first.images.dtype),
+           "labels": np.empty((n,) + y.shape[1:], y.dtype)}
     for start in range(0, n, _CHUNK):
-        b = phantoms.generate(min(_CHUNK, n - start), image_size=image_size, seed=seed, start=start)
-        images.append(b.images)
-        ys.append(labels(b))
-    empty = phantoms.generate(0, image_size=image_size, seed=seed)
-    return {"image": np.concatenate(images) if images else empty.images,
-            "labels": np.concatenate(ys) if ys else labels(empty)}
+        if start:
+            first = phantoms.generate(min(_CHUNK, n - start), image_size=image_size, seed=seed,
+                                      start=start)
+        out["image"][start:start + len(first.images)] = first.images
+        out["labels"][start:start + len(first.images)] = labels(first)
+        first = None  # free this chunk's masks before rendering the next
+    return out
 
 
 def phantom_dataset(config) -> Dataset:
