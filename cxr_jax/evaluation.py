@@ -425,8 +425,9 @@ def iba_noise_check(model, variables, stats: Mapping[str, Any], names: Sequence[
     """{layer: {finding: score}}: the model's mean score (sigmoid; raw output for a regressor)
     when the IBA bottleneck at the layer passes only noise (`attribution.noise_logits`).
 
-    A classifier's score near or above 0.5 there means IBA cannot localise that finding at that
-    layer: a closed bottleneck already keeps the score, so the map is flat or off the finding.
+    A classifier's score near or above 0.5 there means IBA's premise fails for that finding at
+    that layer: a closed bottleneck already keeps much of the score, so the map may be flat or
+    off the finding (it often still points right; treat it as a warning, not a verdict).
     """
     out = {}
     for layer in sorted(stats):
@@ -449,8 +450,9 @@ def iba_noise_section(noise: Mapping[str, Mapping[str, float]], regression: bool
             for f, v in per.items() if v >= 0.5]
     verdict = ("Every finding's score drops below 0.5 on noise alone, as IBA presumes."
                if not high else "On noise alone the model already scores " + ", ".join(high)
-               + ": IBA at that layer cannot localise that finding (a closed bottleneck keeps "
-                 "the score), and Multi-layer IBA inherits it through that layer.")
+               + ". For these IBA's premise fails at that layer: a closed bottleneck keeps "
+                 "much of the score, so the map may be flat or off the finding, and Multi-layer "
+                 "IBA inherits this through that layer. Read those maps with care.")
     return (f"<p>Mean score of each finding when the bottleneck at a layer passes only noise "
             f"(N(mu, sigma^2) of the layer's features). {verdict}</p>" + table_html(rows))
 
@@ -534,7 +536,8 @@ def evaluate_checkpoint(workdir: str, checkpoint: str, cfg, *, methods=None,
       methods: optional {output name: {"method": name, **hparams}} replacing the defaults (the
         papers' configs use it for NormGrad variants and layer choices).
     Returns:
-      results dict: {"pointing_game": {method: value, ..., "centre": value}, "table": ...}.
+      results dict: {"pointing_game": {method: value, ..., "centre": value}, "table": ...,
+      and, when IBA methods ran, "iba_noise": {layer: {finding: score}} (`iba_noise_check`)}.
     """
     from cxr_jax import runtime, training
     from cxr_jax.data import datasets, phantoms

@@ -850,9 +850,9 @@ def noise_logits(model: Model, variables: Any, stats: IBAStats, *, key: Any = No
     That is z = eps ~ N(mu, sigma^2) (inactive features zero), the bottleneck of `iba` at
     lambda = 0 everywhere, pushed through the stages after the layer. IBA asks which features
     must pass for the target's score to stay high; it presumes that noise alone scores low.
-    Where the noise already scores the target high, the bottleneck can close completely at no
-    cost to the model loss, so the map reflects little more than the capacity penalty (flat or
-    off the finding). Check this before trusting IBA for a finding at a layer: CNNs often answer
+    Where the noise already scores the target high, the bottleneck can close at little cost to
+    the model loss, so the map may reflect little more than the capacity penalty (flat or off
+    the finding). Check this before trusting IBA for a finding at a layer: CNNs often answer
     noise at a shallow layer with texture-like findings (consolidation), and at a deep one with
     whatever their most extreme activations mean (a foreign object).
 

@@ -106,8 +106,8 @@ def loss_fn(kind: str, logits: Array, labels: Array,
       class_weights: [K] weights for "bce".
       label_smoothing: eps for "bce" and "ce": targets move eps of the way to uniform (bce:
         y -> y (1 - eps) + eps / 2). With eps > 0 the loss is minimal at a finite logit
-        (log((2 - eps) / eps) for bce, 3.7 at eps = 0.05), so a confident model's scores
-        stay off the sigmoid's flat tails, where perturbation methods (IBA) see no gradient.
+        (log((2 - eps) / eps) for bce, 3.7 at eps = 0.05): the label-smoothing
+        regularisation CheXpert models use against overconfident labels.
     """
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")

@@ -39,12 +39,14 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     if variant == "quickstart":
         c.model = "resnet_small"
         c.image_size = 128
-        c.num_train = 10000
+        # 40k distinct phantoms (2.6 GB of images): with 10k the model memorised them
+        # (consolidation AUROC 0.997 on training images, 0.93 held out) and its maps missed more.
+        c.num_train = 40000
         c.num_test = 1000
         c.learning_rate = 3e-3
         c.warmup_steps = 100
         c.batch_size = 32
-        c.steps = 3000
+        c.steps = 5000
         c.eval_every = 500
         c.checkpoint_every = 500
     elif variant == "test":
