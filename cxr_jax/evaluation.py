@@ -603,11 +603,10 @@ def evaluate_checkpoint(workdir: str, checkpoint: str, cfg, *, methods=None,
                             "pixels_per_step": pps,
                             "methods": {k: [m, {h: v for h, v in hp.items() if h != "stats"}]
                                         for k, (m, hp) in methods.items()}}}
-    used = {hp.get("stats").layer if hasattr(hp.get("stats"), "layer") else None
-            for _, hp in methods.values()}
-    used |= {st.layer for _, hp in methods.values() if isinstance(hp.get("stats"), Mapping)
-             for st in hp["stats"].values()}
-    noise_stats = {layer: st for layer, st in stats.items() if layer in used}
+    # The layers whose statistics the chosen IBA methods use (one IBAStats, or {layer: IBAStats}).
+    used = [hp["stats"] for _, hp in methods.values() if "stats" in hp]
+    used = [st for u in used for st in (u.values() if isinstance(u, Mapping) else [u])]
+    noise_stats = {st.layer: st for st in used}
     if noise_stats:
         results["iba_noise"] = iba_noise_check(model, variables, noise_stats, names,
                                                regression=tcfg.loss == "mse")
