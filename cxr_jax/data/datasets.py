@@ -41,17 +41,17 @@ def _phantom_training_arrays(n: int, image_size: int, seed: int, labels) -> dict
     arrays, so the masks and concept maps (needed for evaluation, not training; at 128 px ~20x
     the images' size) never exist for all n at once and the images are held once, not twice.
     Identical to one `phantoms.generate(n, ...)` call."""
-    first = phantoms.generate(min(_CHUNK, n), image_size=image_size, seed=seed)
-    y = labels(first)
-    out = {"image": np.empty((n,) + first.images.shape[1:], first.images.dtype),
+    chunk = phantoms.generate(min(_CHUNK, n), image_size=image_size, seed=seed)
+    y = labels(chunk)
+    out = {"image": np.empty((n,) + chunk.images.shape[1:], chunk.images.dtype),
            "labels": np.empty((n,) + y.shape[1:], y.dtype)}
     for start in range(0, n, _CHUNK):
-        if start:
-            first = phantoms.generate(min(_CHUNK, n - start), image_size=image_size, seed=seed,
+        if start:  # the first chunk is already rendered
+            chunk = phantoms.generate(min(_CHUNK, n - start), image_size=image_size, seed=seed,
                                       start=start)
-        out["image"][start:start + len(first.images)] = first.images
-        out["labels"][start:start + len(first.images)] = labels(first)
-        first = None  # free this chunk's masks before rendering the next
+        out["image"][start:start + len(chunk.images)] = chunk.images
+        out["labels"][start:start + len(chunk.images)] = labels(chunk)
+        chunk = None  # free this chunk's masks before rendering the next
     return out
 
 
