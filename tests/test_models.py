@@ -36,11 +36,44 @@ def test_registry_names_and_errors():
 def test_stage_names_mirror_torchvision():
     dn = models.get("densenet121", num_classes=14)
     assert dn.stages[:6] == ("conv0", "norm0", "relu0", "pool0", "denseblock1", "transition1")
-    assert dn.stages[-3:] == ("norm5", "avgpool", "classifier")
+    assert dn.stages[-4:] == ("norm5", "relu5", "avgpool", "classifier")
     rn = models.get("resnet50", num_classes=14)
     assert rn.stages[:5] == ("conv1", "bn1", "relu", "maxpool", "layer1.0")
     assert {"layer4.0", "layer4.2", "layer4"} <= set(rn.stages)
     assert rn.stages.index("layer4.2") + 1 == rn.stages.index("layer4")
+
+
+@pytest.mark.parametrize("name", sorted(set(models.names())))
+def test_every_model_declares_its_layers_at_the_right_strides(name):
+    model = models.get(name, num_classes=2)
+    shapes = stage_shapes(model, (1, 64, 64, 1))
+    side = lambda stage: 64 // shapes[stage][1]
+    layers = model.layers
+    assert side(layers.stride16) == 16 and layers.iba == layers.stride16
+    assert [side(s) for s in layers.multilayer_iba] == [4, 8, 16]
+    assert side(layers.explain) == 32 and len(shapes[layers.explain]) == 4
+    assert model.layer() == layers.explain and model.layer(role="iba") == layers.iba
+    assert model.layer("stride16") == layers.stride16
+    for stage, units in layers.units:
+        assert units and all(u in model.stages for u in units)
+        assert model.layer(f"{stage}.last") == units[-1]
+        assert model.stages.index(units[-1]) + 1 == model.stages.index(stage)
+    with pytest.raises(ValueError, match="Unknown layer 'layer9.last'"):
+        model.layer("layer9.last")
+
+
+def test_resnet_last_units_and_densenet_relu5():
+    assert models.get("resnet34", num_classes=2).layer("layer4.last") == "layer4.2"
+    assert models.get("resnet_tiny", num_classes=2).layer("layer4.last") == "layer4.0"
+    model = models.get("densenet_tiny", num_classes=3)
+    x = jax.random.normal(jax.random.key(0), (2, 48, 48, 1))
+    variables = model.init(jax.random.key(1), x)
+    logits, acts = model.apply(variables, x, taps=("norm5", "relu5"))
+    # relu5 is torchvision's F.relu(features(x)); the pooled head reads it
+    np.testing.assert_array_equal(acts["relu5"], jnp.maximum(acts["norm5"], 0))
+    np.testing.assert_allclose(model.apply(variables, acts["relu5"], start="relu5"), logits,
+                               rtol=1e-6, atol=1e-6)
+    assert model.with_guided_relu().layers == model.layers
 
 
 def test_stage_shapes_full_size():

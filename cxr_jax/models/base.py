@@ -12,6 +12,11 @@ parameter-free stages such as pooling) and the path of its variables inside the 
 mirrors torchvision's `state_dict` names (`features.denseblock1.denselayer1.conv1` ...), so weights
 convert by name. `apply(start=S)` runs only the stages after `S` on an activation of `S`, so a
 method can run the prefix of the network once and rerun only the suffix.
+
+Each builder also declares, once, the model's notable layers (`Layers`): the default layer to
+explain, IBA's bottleneck and Multi-layer IBA's layers, the last stage at stride 16 and the units
+of each stage. Methods and studies ask the model (`model.layer(...)`, `default_layer(model, ...)`)
+instead of guessing from names.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from typing import Any, Callable, Mapping, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from cxr_jax.common.trees import get_path, set_path
 
 Array = jax.Array
 Variables = Mapping[str, Any]
@@ -54,18 +61,68 @@ class Stage:
         return {}
 
 
-def _get_path(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-    for key in path:
-        if not isinstance(tree, Mapping) or key not in tree:
-            return None
-        tree = tree[key]
-    return tree
+@dataclasses.dataclass(frozen=True)
+class Layers:
+    """The layers a model declares for methods and studies (set once by its builder).
+
+    Attributes:
+      explain: the default layer of layer-based methods (the CAM family, Score-CAM, NormGrad):
+        the last rectified convolutional feature map (ResNet `layer4`, DenseNet `relu5`).
+      iba: the bottleneck layer of IBA, Inverse IBA and Regression IBA (the CXR reference's
+        `denseblock3`; ResNet `layer3`, at the same stride 16).
+      multilayer_iba: Multi-layer IBA's layers, shallowest first (DenseNet denseblock1-3,
+        ResNet layer1-3).
+      stride16: the last stage whose output is at 1/16 of the input size.
+      units: (stage, its units in forward order) for stages made of tapped units (ResNet:
+        ("layer4", ("layer4.0", "layer4.1", "layer4.2")), ...); "<stage>.last" names the last.
+    """
+
+    explain: str
+    iba: str | None = None
+    multilayer_iba: tuple[str, ...] = ()
+    stride16: str | None = None
+    units: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def aliases(self) -> dict[str, str]:
+        """Layer names that stand for a stage: "stride16" and "<stage>.last"."""
+        out = {"stride16": self.stride16} if self.stride16 else {}
+        out.update({f"{stage}.last": names[-1] for stage, names in self.units if names})
+        return out
 
 
-def _set_path(tree: dict, path: tuple[str, ...], value: Any) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
+def check_stage(model: Any, name: Any, what: str = "layer") -> str:
+    """`name` if it is one of `model.stages`, else a ValueError listing the valid names."""
+    stages = tuple(model.stages)
+    if not isinstance(name, str) or name not in stages:
+        raise ValueError(
+            f"Unknown {what} {name!r} for model {getattr(model, 'name', model)!r}. Valid stage "
+            f"names: {', '.join(stages)}.")
+    return name
+
+
+def resolve_layer(model: Any, name: Any, what: str = "layer") -> str:
+    """A stage name, or an alias the model declares ("stride16", "layer4.last"), as a stage."""
+    layers = getattr(model, "layers", None)
+    if isinstance(name, str) and layers is not None and name not in model.stages:
+        name = layers.aliases().get(name, name)
+    return check_stage(model, name, what)
+
+
+def default_layer(model: Any, role: str = "explain") -> str | tuple[str, ...]:
+    """The layer (or layers) the model declares for `role`: a field of `Layers` such as
+    "explain", "iba" or "multilayer_iba"."""
+    layers = getattr(model, "layers", None)
+    if layers is None:
+        raise ValueError(
+            f"Model {getattr(model, 'name', model)!r} declares no layers; pass layer= "
+            f"explicitly (one of its stages: {', '.join(model.stages)}).")
+    if role not in {f.name for f in dataclasses.fields(Layers)} - {"units"}:
+        raise ValueError(f"Unknown layer role {role!r}; use explain, iba, multilayer_iba or "
+                         f"stride16.")
+    if not getattr(layers, role):
+        raise ValueError(f"Model {getattr(model, 'name', model)!r} declares no {role} layer; "
+                         f"pass layer= explicitly (one of its stages: {', '.join(model.stages)}).")
+    return getattr(layers, role)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -82,6 +139,9 @@ class Model:
       in_channels: channels the input must have.
       min_size: smallest spatial input size the architecture accepts.
       config: the builder's keyword arguments, so variants (guided ReLU, dtype) can be rebuilt.
+      layers: the layers the architecture declares (`Layers`).
+      builder: the function that built the model, `builder(name, num_classes=, in_channels=,
+        **config)`; variants are built by calling it again with changed options.
     """
 
     name: str
@@ -90,6 +150,8 @@ class Model:
     in_channels: int
     min_size: int = 32
     config: tuple[tuple[str, Any], ...] = ()
+    layers: Layers | None = None
+    builder: Callable[..., "Model"] | None = None
 
     def _key(self):
         return (self.name, self.num_classes, self.in_channels, self.config)
@@ -111,13 +173,12 @@ class Model:
         return tuple(s.name for s in self.stage_list)
 
     def _index(self, name: str, what: str) -> int:
-        names = self.stages
-        if not isinstance(name, str) or name not in names:
-            raise ValueError(
-                f"Unknown {what} {name!r} for model {self.name!r}. Valid stage names: "
-                f"{', '.join(names)}."
-            )
-        return names.index(name)
+        return self.stages.index(check_stage(self, name, what))
+
+    def layer(self, name: str | None = None, role: str = "explain") -> str:
+        """A validated stage name: `name` (a stage or an alias such as "stride16" or
+        "layer4.last"), or the layer the model declares for `role` when `name` is None."""
+        return default_layer(self, role) if name is None else resolve_layer(self, name)
 
     def _check_input(self, x: Array, start: str | None) -> None:
         if start is not None:
@@ -161,7 +222,7 @@ class Model:
             kw = stage.kwargs(False)
             v = stage.module.init(jax.random.fold_in(key, i), h, **kw)
             for col, tree in v.items():
-                _set_path(variables.setdefault(col, {}), stage.path, tree)
+                set_path(variables.setdefault(col, {}), stage.path, tree)
             h = stage.module.apply(v, h, **kw)
         return variables
 
@@ -239,12 +300,12 @@ class Model:
                 v = {
                     col: sub
                     for col in ("params", "batch_stats")
-                    if (sub := _get_path(variables.get(col, {}), stage.path)) is not None
+                    if (sub := get_path(variables.get(col, {}), stage.path)) is not None
                 }
                 kw = stage.kwargs(train)
                 if train and "batch_stats" in v:
                     h, upd = stage.module.apply(v, h, mutable=["batch_stats"], **kw)
-                    _set_path(new_stats, stage.path, upd["batch_stats"])
+                    set_path(new_stats, stage.path, upd["batch_stats"])
                 else:
                     h = stage.module.apply(v, h, **kw)
             if stage.name in edits:
@@ -266,9 +327,12 @@ class Model:
         return self._rebuild(dtype=dtype)
 
     def _rebuild(self, **changes) -> "Model":
-        from cxr_jax.models import registry  # local import: the registry builds models
-
-        return registry.rebuild(self, **changes)
+        if self.builder is None:
+            raise ValueError(f"Model {self.name!r} has no builder to make variants with.")
+        config = dict(self.config)
+        config.update(changes)
+        return self.builder(self.name, num_classes=self.num_classes,
+                            in_channels=self.in_channels, **config)
 
 
 def stage_shapes(model: Model, x_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:

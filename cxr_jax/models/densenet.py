@@ -1,9 +1,11 @@
 """DenseNet (Huang et al. 2017) as a stage pipeline, named as torchvision names it.
 
 Stages: conv0 norm0 relu0 pool0 denseblock1 transition1 denseblock2 transition2 denseblock3
-transition3 denseblock4 norm5 avgpool classifier. `norm5` is the last feature map (before the
-final ReLU, as torchvision's `features` ends); `avgpool` applies that ReLU and pools; the
-variables nest as torchvision's state_dict (`features/denseblock1/denselayer1/conv1/kernel`).
+transition3 denseblock4 norm5 relu5 avgpool classifier. `norm5` is where torchvision's
+`features` ends; `relu5` is the rectified final feature map that torchvision's forward computes
+as `F.relu(features(x))` (TorchXRayVision's `features2`), the map Grad-CAM is defined on and the
+model's default explanation layer; `avgpool` pools it. The variables nest as torchvision's
+state_dict (`features/denseblock1/denselayer1/conv1/kernel`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cxr_jax.models.base import Model, Stage
+from cxr_jax.models.base import Layers, Model, Stage
 from cxr_jax.models.layers import (BatchNorm, avg_pool_2x2, conv, global_avg_pool,
                                    max_pool_3x3_s2, relu_fn)
 
@@ -109,13 +111,17 @@ def densenet(
                                 Transition(features, guided, dtype, name=trans)))
     stages += [
         Stage("norm5", f + ("norm5",), BatchNorm(dtype=dtype, name="norm5"), mode="batchnorm"),
-        Stage("avgpool", fn=lambda h: global_avg_pool(relu(h))),
+        Stage("relu5", fn=relu),
+        Stage("avgpool", fn=global_avg_pool),
         Stage("classifier", ("classifier",),
               nn.Dense(num_classes, dtype=dtype, bias_init=nn.initializers.zeros,
                        name="classifier"), mode="none"),
     ]
     config = dict(growth_rate=growth_rate, block_config=tuple(block_config),
                   num_init_features=num_init_features, bn_size=bn_size, guided=guided, dtype=dtype)
+    blocks = tuple(f"denseblock{i}" for i in range(1, len(block_config) + 1))
+    layers = Layers(explain="relu5", iba=blocks[2], multilayer_iba=blocks[:3], stride16=blocks[2])
     return Model(name, tuple(stages), num_classes, in_channels, min_size=32,
-                 config=tuple(sorted(config.items(), key=lambda kv: kv[0])))
+                 config=tuple(sorted(config.items(), key=lambda kv: kv[0])), layers=layers,
+                 builder=densenet)
 

@@ -29,9 +29,6 @@ _BUILDERS: dict[str, Callable[..., Model]] = {
                                       widths=(16, 32, 64, 128), stem=16),
 }
 
-# The layer CAM-style methods use when the caller names none.
-DEFAULT_LAYER = {"densenet": "norm5", "resnet": "layer4"}
-
 
 def names() -> tuple[str, ...]:
     """All registered model names."""
@@ -56,19 +53,3 @@ def get(name: str, *, num_classes: int, in_channels: int = 1, **overrides: Any) 
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{arg} must be a positive int, got {value!r}.")
     return _BUILDERS[name](name, num_classes=num_classes, in_channels=in_channels, **overrides)
-
-
-def rebuild(model: Model, **changes: Any) -> Model:
-    """The same registered model with some builder options changed."""
-    config = dict(model.config)
-    config.update(changes)
-    return _BUILDERS[model.name](model.name, num_classes=model.num_classes,
-                                 in_channels=model.in_channels, **config)
-
-
-def default_layer(model: Model) -> str:
-    """The conventional explanation layer: DenseNet `norm5`, ResNet `layer4`."""
-    for prefix, layer in DEFAULT_LAYER.items():
-        if model.name.startswith(prefix):
-            return layer
-    return model.stages[-3]

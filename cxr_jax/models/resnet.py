@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cxr_jax.models.base import Model, Stage
+from cxr_jax.models.base import Layers, Model, Stage
 from cxr_jax.models.layers import BatchNorm, conv, global_avg_pool, max_pool_3x3_s2, relu_fn
 
 
@@ -100,8 +100,10 @@ def resnet(
         Stage("maxpool", fn=max_pool_3x3_s2),
     ]
     inplanes = stem
+    units = []
     for i, (n, planes) in enumerate(zip(layers, widths), start=1):
         layer = f"layer{i}"
+        units.append((layer, tuple(f"{layer}.{j}" for j in range(n))))
         for j in range(n):
             stride = 2 if (j == 0 and i > 1) else 1
             down = j == 0 and (stride != 1 or inplanes != planes * cls.expansion)
@@ -115,5 +117,8 @@ def resnet(
     ]
     config = dict(block=block, layers=tuple(layers), widths=tuple(widths), stem=stem,
                   guided=guided, dtype=dtype)
+    declared = Layers(explain="layer4", iba="layer3", multilayer_iba=("layer1", "layer2", "layer3"),
+                      stride16="layer3", units=tuple(units))
     return Model(name, tuple(stages), num_classes, in_channels, min_size=32,
-                 config=tuple(sorted(config.items(), key=lambda kv: kv[0])))
+                 config=tuple(sorted(config.items(), key=lambda kv: kv[0])), layers=declared,
+                 builder=resnet)
