@@ -15,9 +15,11 @@ from cxr_jax.metrics import (
     effective_heat_ratio,
     iobb,
     ior,
+    mask_box,
     pointing_game,
     pointing_game_centre,
     pointing_game_summary,
+    saliency_peaks,
     top_class_mask,
 )
 
@@ -81,6 +83,34 @@ def test_pointing_game_rejects_bad_input():
         pointing_game(np.zeros((2, H, W)), np.zeros((2, 32, 32), bool))
     with pytest.raises(ValueError, match="tolerance"):
         pointing_game(np.zeros((1, H, W)), np.zeros((1, H, W), bool), tolerance=-1)
+
+
+def test_a_nan_map_points_nowhere_never_a_hit():
+    # Every pixel of the mask is within the tolerance of every pixel: any point would hit.
+    masks = np.ones((3, H, W), bool)
+    sal = np.zeros((3, H, W), np.float32)
+    sal[0] = np.nan                     # all NaN
+    sal[1, 10, 10] = np.nan             # one NaN pixel beside a finite peak
+    sal[1, 40, 40] = 1.0
+    sal[2, 40, 40] = 1.0                # finite: a hit
+    out = np.asarray(pointing_game(sal, masks, tolerance=2 * H))
+    assert np.isnan(out[0]) and np.isnan(out[1]) and out[2] == 1.0
+    summary = pointing_game_summary(out[:, None])
+    assert summary.counts[0] == 1 and summary.accuracy == 1.0
+
+
+def test_saliency_peaks_first_argmax_row_major():
+    sal = np.zeros((2, 4, 5), np.float32)
+    sal[0, 1, 3] = sal[0, 2, 0] = 5.0   # a tie: the first in row-major order
+    np.testing.assert_array_equal(np.asarray(saliency_peaks(sal)), [[1, 3], [0, 0]])
+
+
+def test_mask_box_is_the_pixel_edge_box_and_inverts_box_mask():
+    m = np.zeros((8, 8), bool)
+    m[2:4, 3:7] = True
+    np.testing.assert_array_equal(mask_box(m), [3, 2, 7, 4])
+    np.testing.assert_array_equal(box_mask(mask_box(m), (8, 8)), m)
+    assert np.isnan(mask_box(np.zeros((4, 4), bool))).all()
 
 
 def test_centre_baseline():

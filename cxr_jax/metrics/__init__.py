@@ -1,11 +1,27 @@
 """Metrics: classification, localisation, faithfulness and randomisation sanity checks.
 
+Modules: `classification` (accuracy, MAE, AUROC); localisation in `pointing` (pointing game and
+its summary), `boxes` (multi-Otsu boxes, box IoU/IoBB/IoR, box <-> mask, method agreement) and
+`heat` (effective heat ratio); `faithfulness` (deletion/insertion curves, sensitivity-n);
+`randomization` (model-randomisation sanity checks, consistency).
+
 Every metric is a pure function returning per-image values (NaN where undefined, e.g. an image
 without ground truth) plus aggregate helpers. Metrics that query the model take
 `(model, variables, x, saliency, targets)` with `model.apply(variables, x) -> logits`.
 Definitions: docs/METHODS.md ("Localisation metrics", "Faithfulness metrics").
 """
 
+from cxr_jax.metrics.boxes import (
+    agreement_matrix,
+    box_iou,
+    box_mask,
+    box_set_iou,
+    boxes_from_saliency,
+    iobb,
+    ior,
+    mask_box,
+    top_class_mask,
+)
 from cxr_jax.metrics.classification import (
     Sums,
     accuracy,
@@ -27,22 +43,15 @@ from cxr_jax.metrics.faithfulness import (
     sensitivity_n,
     sensitivity_n_values,
 )
-from cxr_jax.metrics.localization import (
+from cxr_jax.metrics.heat import effective_heat_ratio
+from cxr_jax.metrics.pointing import (
     PointingGameSummary,
-    agreement_matrix,
-    box_iou,
-    box_mask,
-    box_set_iou,
-    boxes_from_saliency,
     centre_point_saliency,
-    effective_heat_ratio,
-    iobb,
-    ior,
     pointing_game,
     pointing_game_centre,
     pointing_game_points,
     pointing_game_summary,
-    top_class_mask,
+    saliency_peaks,
 )
 from cxr_jax.metrics.randomization import (
     ConsistencySummary,
@@ -65,7 +74,7 @@ __all__ = [
     "mae_sums",
     "multilabel_accuracy",
     "multilabel_accuracy_sums",
-    # localisation
+    # localisation: pointing, boxes, heat
     "PointingGameSummary",
     "agreement_matrix",
     "box_iou",
@@ -76,10 +85,12 @@ __all__ = [
     "effective_heat_ratio",
     "iobb",
     "ior",
+    "mask_box",
     "pointing_game",
     "pointing_game_centre",
     "pointing_game_points",
     "pointing_game_summary",
+    "saliency_peaks",
     "top_class_mask",
     # faithfulness
     "PerturbationCurve",

@@ -20,12 +20,14 @@ by `batch_size * B` images.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Union
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import ndimage
+
+from cxr_jax.common.filters import gaussian_matrix, separable
+from cxr_jax.common.targets import Targets, score_fn
 
 __all__ = [
     "gaussian_blur",
@@ -39,16 +41,8 @@ __all__ = [
     "sensitivity_n_values",
 ]
 
-Targets = Union[jax.Array, np.ndarray, Callable[[jax.Array], jax.Array]]
-
 
 # --------------------------------------------------------------------------- helpers
-def _blur_matrix(n: int, sigma: float, truncate: float) -> np.ndarray:
-    """[n, n] matrix G with (G @ v) = scipy.ndimage.gaussian_filter1d(v, sigma, mode="reflect")."""
-    return ndimage.gaussian_filter1d(np.eye(n), sigma, axis=0, mode="reflect",
-                                     truncate=truncate).astype(np.float32)
-
-
 def gaussian_blur(x, sigma: float, *, truncate: float = 4.0):
     """Separable Gaussian blur of images, identical to scipy's `gaussian_filter` (reflect mode).
 
@@ -71,11 +65,9 @@ def gaussian_blur(x, sigma: float, *, truncate: float = 4.0):
         raise ValueError(f"sigma must be >= 0, got {sigma}.")
     if sigma == 0:
         return x
-    gh = jnp.asarray(_blur_matrix(x.shape[1], sigma, truncate))
-    gw = jnp.asarray(_blur_matrix(x.shape[2], sigma, truncate))
-    y = jnp.einsum("ij,bjwc->biwc", gh, x.astype(jnp.float32))
-    y = jnp.einsum("kw,biwc->bikc", gw, y)
-    return y.astype(x.dtype)
+    gh = gaussian_matrix(x.shape[1], sigma, truncate=truncate).astype(np.float32)
+    gw = gaussian_matrix(x.shape[2], sigma, truncate=truncate).astype(np.float32)
+    return separable(x, gh, gw, axes=(1, 2), dtype=jnp.float32).astype(x.dtype)
 
 
 def _check_inputs(x, saliency):
@@ -88,22 +80,6 @@ def _check_inputs(x, saliency):
             f"saliency must be [B, H, W] = {x.shape[:3]} to match x {x.shape}, got "
             f"{saliency.shape}; upsample the maps to the input size first.")
     return x, saliency
-
-
-def _score_fn(targets: Targets, batch: int, *, probability: bool):
-    """logits [..., B, K] -> score [..., B] for the target of each image."""
-    if callable(targets):
-        return targets
-    t = jnp.asarray(targets)
-    if t.shape != (batch,) or not jnp.issubdtype(t.dtype, jnp.integer):
-        raise ValueError(f"targets must be integer class indices [B] = [{batch}] or a callable "
-                         f"logits -> score [B]; got {t.shape} {t.dtype}.")
-
-    def score(logits):
-        z = jnp.take_along_axis(logits, t[:, None], axis=-1)[..., 0]
-        return jax.nn.sigmoid(z) if probability else z
-
-    return score
 
 
 def _baseline(x, baseline, sigma: float):
@@ -146,7 +122,7 @@ def _perturbation_curve(mode, model, variables, x, saliency, targets, *, baselin
     pixels_per_step = int(pixels_per_step)
     n_total = max(1, int(round(fraction * h * w)))
     n_steps = math.ceil(n_total / pixels_per_step)
-    score = _score_fn(targets, b, probability=True)
+    score = score_fn(targets, b, probability=True)
     base = _baseline(x, baseline, sigma)
 
     # Rank pixels by saliency (descending; ties in row-major order) and record the step at
@@ -310,7 +286,7 @@ def sensitivity_n(model, variables, x, saliency, targets: Targets, *, key, n_val
         raise ValueError(f"n_values must be integers in [1, H*W = {hw}].")
     if num_masks < 2:
         raise ValueError(f"num_masks must be >= 2 to define a correlation, got {num_masks}.")
-    f = _score_fn(targets, b, probability=False)
+    f = score_fn(targets, b)
     base = _baseline(x, baseline, sigma)
     clean = f(model.apply(variables, x))  # [B]
     n_per_mask = jnp.asarray(np.repeat(n_values, num_masks))

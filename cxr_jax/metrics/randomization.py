@@ -29,8 +29,10 @@ from typing import Mapping, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import ndimage
 from scipy.stats import rankdata
+
+from cxr_jax.common.filters import separable, uniform_matrix
+from cxr_jax.common.trees import as_path, get_path, replace_path
 
 __all__ = [
     "randomize_layers",
@@ -45,33 +47,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- trees
-def _as_path(p) -> tuple[str, ...]:
-    if isinstance(p, str):
-        return tuple(p.split("."))
-    p = tuple(p)
-    if not p or not all(isinstance(k, str) for k in p):
-        raise ValueError(f"a layer path must be a dotted string or a tuple of keys, got {p!r}.")
-    return p
-
-
-def _get(tree, path):
-    for k in path:
-        if not isinstance(tree, Mapping) or k not in tree:
-            return None
-        tree = tree[k]
-    return tree
-
-
-def _replace(tree, path, value):
-    """A copy of nested mapping `tree` with `path` replaced (the original is untouched)."""
-    out = dict(tree)
-    if len(path) == 1:
-        out[path[0]] = value
-    else:
-        out[path[0]] = _replace(tree[path[0]], path[1:], value)
-    return out
-
-
 def _moment_matched(subtree, key, fallback_std: float):
     leaves, treedef = jax.tree_util.tree_flatten(subtree)
     keys = jax.random.split(key, max(len(leaves), 1))
@@ -86,10 +61,10 @@ def _moment_matched(subtree, key, fallback_std: float):
 
 
 def _randomized_subtree(variables, init_variables, col, path, key, fallback_std):
-    old = _get(variables.get(col, {}), path)
+    old = get_path(variables.get(col, {}), path)
     if init_variables is None:
         return _moment_matched(old, key, fallback_std)
-    fresh = _get(init_variables.get(col, {}), path)
+    fresh = get_path(init_variables.get(col, {}), path)
     if fresh is None:
         raise ValueError(f"init_variables has no {col}/{'.'.join(path)}; build it with the same "
                          f"model's init.")
@@ -119,7 +94,7 @@ def randomize_layers(variables, key, paths: Sequence, *, init_variables=None,
     Returns:
       A new variables tree (the input is not modified).
     """
-    paths = [_as_path(p) for p in paths]
+    paths = [as_path(p) for p in paths]
     offsets = list(range(len(paths))) if key_offsets is None else list(key_offsets)
     if len(offsets) != len(paths):
         raise ValueError("key_offsets must have one entry per path.")
@@ -127,12 +102,12 @@ def randomize_layers(variables, key, paths: Sequence, *, init_variables=None,
     for path, off in zip(paths, offsets):
         found = False
         for col in collections:
-            if _get(variables.get(col, {}), path) is None:
+            if get_path(variables.get(col, {}), path) is None:
                 continue
             found = True
             sub = _randomized_subtree(variables, init_variables, col, path,
                                       jax.random.fold_in(key, off), fallback_std)
-            out[col] = _replace(out[col], path, sub)
+            out[col] = replace_path(out[col], path, sub)
         if not found:
             tops = sorted({k for c in collections for k in variables.get(c, {})})
             raise ValueError(f"no parameters at {'.'.join(path)!r} in {list(collections)}; "
@@ -159,7 +134,7 @@ def cascading_randomization(variables, key, layer_order: Sequence, **kwargs):
     out = []
     for i, p in enumerate(layer_order):
         v = randomize_layers(variables, key, layer_order[: i + 1], **kwargs)
-        out.append((".".join(_as_path(p)), v))
+        out.append((".".join(as_path(p)), v))
     return out
 
 
@@ -170,7 +145,7 @@ def independent_randomization(variables, key, layer_order: Sequence, **kwargs):
       [(dotted path, variables with only that layer re-initialised)]; layer i uses the same
       random weights as in `cascading_randomization` with the same key and order.
     """
-    return [(".".join(_as_path(p)),
+    return [(".".join(as_path(p)),
              randomize_layers(variables, key, [p], key_offsets=[i], **kwargs))
             for i, p in enumerate(layer_order)]
 
@@ -223,11 +198,6 @@ def spearman(a, b, *, absolute: bool = False) -> np.ndarray:
         return np.where(den > 0, (ra * rb).sum(-1) / np.where(den > 0, den, 1.0), np.nan)
 
 
-def _uniform_matrix(n: int, size: int) -> np.ndarray:
-    """[n, n] matrix U with U @ v = scipy.ndimage.uniform_filter1d(v, size, mode="reflect")."""
-    return ndimage.uniform_filter1d(np.eye(n), size, axis=0, mode="reflect")
-
-
 def _minmax(x: jax.Array) -> jax.Array:
     lo = x.min(axis=(-2, -1), keepdims=True)
     hi = x.max(axis=(-2, -1), keepdims=True)
@@ -269,11 +239,10 @@ def ssim(a, b, *, win_size: int = 7, normalize: bool = True, data_range: float |
         data_range = 1.0
     elif data_range is None or data_range <= 0:
         raise ValueError("with normalize=False pass data_range > 0 (the maps' value range).")
-    uh = jnp.asarray(_uniform_matrix(h, win_size), jnp.float32)
-    uw = jnp.asarray(_uniform_matrix(w, win_size), jnp.float32)
+    uh, uw = uniform_matrix(h, win_size), uniform_matrix(w, win_size)
 
     def filt(x):
-        return jnp.einsum("ij,bjk,lk->bil", uh, x, uw)
+        return separable(x, uh, uw, dtype=jnp.float32)
 
     npix = win_size ** 2
     cov_norm = npix / (npix - 1.0)

@@ -1,209 +1,43 @@
-"""Localisation metrics: pointing game, multi-Otsu boxes, box IoU, IoR, IoBB, EHR, agreement.
+"""Box metrics: multi-Otsu boxes from saliency maps, box overlap (IoU, IoBB, IoR), box <-> mask
+conversion and the method-agreement matrix.
 
-Conventions used throughout:
+Conventions:
 
-* Maps and masks are `[..., H, W]` (any leading batch axes; `[B, H, W]` in the usual case).
-  Masks are boolean (any non-zero value counts as inside).
+* Maps and masks are `[..., H, W]` as in `cxr_jax.metrics.pointing`; multi-Otsu boxes take one
+  map `[H, W]` (or a stack `[B, H, W]`, one map at a time).
 * A **box** is `(x0, y0, x1, y1)` in pixel-edge coordinates: pixel (row r, column c) covers
   `[c, c+1) x [r, r+1)`, so an integer box holds columns `x0 .. x1-1` and rows `y0 .. y1-1`
   and its area `(x1 - x0)(y1 - y0)` is its pixel count. This is the `Box(label, x0, y0, x1, y1)`
   convention of the dataset readers. A missing box is a row of NaN. Box arrays are `[..., 4]`.
-* Per-image results are NaN where the metric is undefined (no ground-truth region); aggregate
-  helpers skip NaN.
+* Per-image results are NaN where the metric is undefined (a missing box, no ground-truth
+  region); means skip NaN.
 
-`pointing_game` and its helpers are pure `jax.numpy` (jit/vmap/shard-friendly). Multi-Otsu
-thresholding and connected components are inherently per-image and run in numpy/scikit-image;
-the remaining box and heat metrics are vectorised numpy.
+Multi-Otsu thresholding and connected components are inherently per-image and run in
+numpy/scikit-image; the remaining box metrics are vectorised numpy.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple, Sequence
+from typing import Mapping, Sequence
 
-import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_multiotsu
 from skimage.measure import label as connected_components
 
+from cxr_jax.metrics.pointing import _check_pair
+
 __all__ = [
-    "pointing_game",
-    "pointing_game_points",
-    "pointing_game_centre",
-    "centre_point_saliency",
-    "pointing_game_summary",
-    "PointingGameSummary",
     "top_class_mask",
     "boxes_from_saliency",
     "box_mask",
+    "mask_box",
     "box_iou",
     "box_set_iou",
     "iobb",
     "ior",
-    "effective_heat_ratio",
     "agreement_matrix",
 ]
-
-
-# --------------------------------------------------------------------------- pointing game
-def _check_pair(name_a: str, a, name_b: str, b) -> None:
-    if a.ndim < 2:
-        raise ValueError(f"{name_a} must have shape [..., H, W], got {a.shape}.")
-    if a.shape != b.shape:
-        raise ValueError(
-            f"{name_a} {a.shape} and {name_b} {b.shape} must have the same shape; resize the "
-            f"saliency map to the mask resolution (e.g. jax.image.resize) first.")
-
-
-def pointing_game_points(points, masks, *, tolerance: float = 15):
-    """Pointing-game hits for given points (TorchRay's rule).
-
-    hit = 1 if some mask pixel p satisfies ||p - point||_2 <= tolerance (the closed disk of
-    radius `tolerance` around the point meets the mask), 0 otherwise, NaN if the mask is empty.
-
-    Args:
-      points: [..., 2] integer (row, column) positions.
-      masks: [..., H, W] ground-truth regions (union of the class's boxes/segments).
-      tolerance: disk radius in pixels (15 at 224 px in TorchRay; the seed used 25 at 600 px).
-    Returns:
-      [...] float32 array of 1.0, 0.0 or NaN.
-    """
-    if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance}.")
-    masks = jnp.asarray(masks)
-    points = jnp.asarray(points)
-    if masks.ndim < 2 or points.shape != masks.shape[:-2] + (2,):
-        raise ValueError(f"points must be [..., 2] matching masks [..., H, W]; got points "
-                         f"{points.shape} and masks {masks.shape}.")
-    masks = masks != 0
-    h, w = masks.shape[-2:]
-    r = points[..., 0, None, None]
-    c = points[..., 1, None, None]
-    d2 = (jnp.arange(h)[:, None] - r) ** 2 + (jnp.arange(w)[None, :] - c) ** 2
-    hit = jnp.any(masks & (d2 <= tolerance ** 2), axis=(-2, -1))
-    has_region = jnp.any(masks, axis=(-2, -1))
-    return jnp.where(has_region, hit.astype(jnp.float32), jnp.nan)
-
-
-def pointing_game(saliency, masks, *, tolerance: float = 15):
-    """Pointing game: does the map's maximum fall within `tolerance` pixels of the region?
-
-    point = first argmax of the map in row-major order; hit as in `pointing_game_points`
-    (distance <= tolerance counts as a hit). Images whose mask is empty give NaN (skipped by
-    `pointing_game_summary`), never a hit. A constant map points at pixel (0, 0).
-
-    Args:
-      saliency: [..., H, W] maps (raw or normalised; only the argmax matters). A map holding
-        NaN points at its first NaN, so sanitise maps first.
-      masks: [..., H, W] boolean ground truth at the same resolution.
-      tolerance: disk radius in pixels.
-    Returns:
-      [...] float32: 1.0 hit, 0.0 miss, NaN no ground truth.
-
-    Example:
-      >>> sal = jnp.zeros((1, 64, 64)).at[0, 10, 10].set(1.0)
-      >>> mask = jnp.zeros((1, 64, 64), bool).at[0, 10, 25].set(True)
-      >>> pointing_game(sal, mask, tolerance=15)   # distance 15: a hit
-      Array([1.], dtype=float32)
-    """
-    saliency = jnp.asarray(saliency)
-    masks = jnp.asarray(masks)
-    _check_pair("saliency", saliency, "masks", masks)
-    h, w = saliency.shape[-2:]
-    idx = jnp.argmax(saliency.reshape(saliency.shape[:-2] + (h * w,)), axis=-1)
-    points = jnp.stack([idx // w, idx % w], axis=-1)
-    return pointing_game_points(points, masks, tolerance=tolerance)
-
-
-def centre_point_saliency(shape: Sequence[int]):
-    """A map whose (first) maximum is the image centre (H // 2, W // 2): the centre baseline.
-
-    Args:
-      shape: (..., H, W).
-    Returns:
-      float32 array of `shape`, 1 at the centre pixel and 0 elsewhere.
-    """
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 2:
-        raise ValueError(f"shape must be (..., H, W), got {shape}.")
-    h, w = shape[-2:]
-    return jnp.zeros(shape, jnp.float32).at[..., h // 2, w // 2].set(1.0)
-
-
-def pointing_game_centre(masks, *, tolerance: float = 15):
-    """Centre-point baseline: the pointing game of a method that always points at (H//2, W//2).
-
-    Args:
-      masks: [..., H, W] ground truth.
-      tolerance: disk radius in pixels.
-    Returns:
-      [...] float32 of 1.0, 0.0, NaN (as `pointing_game`).
-    """
-    masks = jnp.asarray(masks)
-    if masks.ndim < 2:
-        raise ValueError(f"masks must have shape [..., H, W], got {masks.shape}.")
-    h, w = masks.shape[-2:]
-    points = jnp.broadcast_to(jnp.array([h // 2, w // 2]), masks.shape[:-2] + (2,))
-    return pointing_game_points(points, masks, tolerance=tolerance)
-
-
-class PointingGameSummary(NamedTuple):
-    """Aggregates of pointing-game hits.
-
-    Attributes:
-      per_class: [K] hit rate per class over images with ground truth (NaN if none).
-      counts: [K] number of images with ground truth per class.
-      accuracy: mean of `per_class` over classes that have any ground truth (TorchRay's
-        "accuracy": each class weighs the same).
-      pooled: all hits / all images with ground truth (each image weighs the same).
-      names: class names when the hits came as a mapping, else None.
-    """
-
-    per_class: np.ndarray
-    counts: np.ndarray
-    accuracy: float
-    pooled: float
-    names: tuple[str, ...] | None
-
-
-def pointing_game_summary(hits) -> PointingGameSummary:
-    """Per-class hit rates, class-mean accuracy and pooled rate of pointing-game results.
-
-    per_class_k = sum_i h_ik / n_k over the n_k non-NaN entries of class k;
-    accuracy = mean_k per_class_k over classes with n_k > 0; pooled = sum h / sum n.
-
-    Args:
-      hits: [B, K] array of 1/0/NaN (one column per class), or a sequence of K 1-D arrays, or a
-        mapping {class name: 1-D array} (classes may have different numbers of images).
-    Returns:
-      PointingGameSummary.
-    """
-    names = None
-    if isinstance(hits, Mapping):
-        names = tuple(hits.keys())
-        columns = [np.asarray(v, np.float64).reshape(-1) for v in hits.values()]
-    elif isinstance(hits, (list, tuple)):
-        columns = [np.asarray(v, np.float64).reshape(-1) for v in hits]
-    else:
-        arr = np.asarray(hits, np.float64)
-        if arr.ndim == 1:
-            arr = arr[:, None]
-        if arr.ndim != 2:
-            raise ValueError(f"hits must be [B, K], a list of 1-D arrays or a mapping; got an "
-                             f"array of shape {arr.shape}.")
-        columns = list(arr.T)
-    for col in columns:
-        ok = col[~np.isnan(col)]
-        if not np.all((ok == 0) | (ok == 1)):
-            raise ValueError("pointing-game hits must be 1, 0 or NaN.")
-    counts = np.array([np.sum(~np.isnan(c)) for c in columns], np.int64)
-    totals = np.array([np.nansum(c) for c in columns], np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_class = np.where(counts > 0, totals / np.maximum(counts, 1), np.nan)
-    have = counts > 0
-    accuracy = float(per_class[have].mean()) if have.any() else float("nan")
-    pooled = float(totals.sum() / counts.sum()) if counts.sum() > 0 else float("nan")
-    return PointingGameSummary(per_class, counts, accuracy, pooled, names)
 
 
 # --------------------------------------------------------------------------- multi-Otsu boxes
@@ -379,6 +213,15 @@ def box_mask(boxes, shape: Sequence[int]) -> np.ndarray:
     return rows[..., :, None] & cols[..., None, :]
 
 
+def mask_box(mask) -> np.ndarray:
+    """The pixel-edge bounding box (x0, y0, x1, y1) of a boolean mask [H, W]; NaNs when it is
+    empty. The inverse of `box_mask` for a box-shaped mask."""
+    rows, cols = np.nonzero(np.asarray(mask))
+    if rows.size == 0:
+        return np.full(4, np.nan)
+    return np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], float)
+
+
 def ior(act, region) -> np.ndarray:
     """Intersection over region of activation: |act n region| / |act|.
 
@@ -489,84 +332,3 @@ def agreement_matrix(boxes_by_method: Mapping[str, object], gt=None, *,
             out[j, k] = out[k, j] = np.nanmean(v) if np.any(~np.isnan(v)) else np.nan
     return names, out
 
-
-# --------------------------------------------------------------------------- effective heat
-def effective_heat_ratio(saliency, region, *, base_threshold: float = 0.1,
-                         quantiles=None, normalize: str | None = "minmax",
-                         weight_by_heat: bool = True) -> np.ndarray:
-    """Effective Heat Ratio (CheXplain-IBA): how concentrated the strongest heat is in the box.
-
-    With h the map normalised to [0, 1] and heat below `base_threshold` set to zero, for each
-    q in `quantiles` (default 0, 0.1, ..., 1):
-      t_q = min(quantile_q(h over pixels with h >= base_threshold), 0.99 max h)
-      ratio_q = sum_{h >= t_q, in region} h / #{h >= t_q}        (weight_by_heat=True)
-              = #{h >= t_q, in region} / #{h >= t_q}              (weight_by_heat=False)
-    EHR = trapezoid area of ratio_q over q. A map equal to a binary box mask scores exactly 1.
-    This follows the reference's `EffectiveHeatRatios` (weight_by_heat=True is its default; the
-    reference adds 1e-8 to the denominator, unnecessary here because the maximum pixel always
-    passes the threshold). Maps with no heat left (constant maps after min-max, all-zero maps)
-    score 0: none of their heat lies in the box.
-
-    Args:
-      saliency: [..., H, W] maps.
-      region: [..., H, W] bool ground truth (e.g. `box_mask(box, (H, W))`).
-      base_threshold: heat below it is ignored (0.1 in the reference).
-      quantiles: 1-D increasing quantile levels in [0, 1]; default `np.linspace(0, 1, 11)`.
-      normalize: "minmax" (per map, (s - min)/(max - min), constant -> 0), "max" (s / max for
-        non-negative maps) or None (maps already in [0, 1]).
-      weight_by_heat: weigh in-box pixels by their heat (reference default) or count them.
-    Returns:
-      [...] float64; NaN where the region is empty.
-    """
-    s = np.asarray(saliency, np.float64)
-    reg = np.asarray(region) != 0
-    _check_pair("saliency", s, "region", reg)
-    if not np.all(np.isfinite(s)):
-        raise ValueError("saliency contains NaN or inf; clean the maps first.")
-    qs = np.linspace(0.0, 1.0, 11) if quantiles is None else np.asarray(quantiles, np.float64)
-    if qs.ndim != 1 or qs.size < 2 or np.any(np.diff(qs) <= 0) or qs[0] < 0 or qs[-1] > 1:
-        raise ValueError("quantiles must be a 1-D increasing sequence of at least 2 levels in "
-                         "[0, 1].")
-    lead = s.shape[:-2]
-    s = s.reshape(-1, s.shape[-2] * s.shape[-1])
-    reg = reg.reshape(s.shape)
-    lo = s.min(-1, keepdims=True)
-    hi = s.max(-1, keepdims=True)
-    if normalize == "minmax":
-        span = hi - lo
-        s = np.where(span > 0, (s - lo) / np.where(span > 0, span, 1.0), 0.0)
-    elif normalize == "max":
-        if np.any(lo < 0):
-            raise ValueError('normalize="max" needs non-negative maps; use "minmax".')
-        s = np.where(hi > 0, s / np.where(hi > 0, hi, 1.0), 0.0)
-    elif normalize is None:
-        if np.any(lo < 0) or np.any(hi > 1):
-            raise ValueError('with normalize=None maps must lie in [0, 1]; pass '
-                             'normalize="minmax".')
-    else:
-        raise ValueError(f'normalize must be "minmax", "max" or None, got {normalize!r}.')
-
-    passing = s >= base_threshold
-    heat = np.where(passing, s, 0.0)
-    has_heat = passing.any(-1)
-    # Quantiles of the passing pixels of every map at once (numpy's default "linear" rule):
-    # sort with the non-passing pixels last, interpolate at q * (n_valid - 1).
-    ordered = np.sort(np.where(passing, s, np.inf), axis=-1)
-    ordered[~has_heat] = 0.0  # maps without heat: placeholder values, scored 0 below
-    n_valid = np.maximum(passing.sum(-1), 1)  # [N]
-    pos = qs[:, None] * (n_valid - 1)  # [Q, N]
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, n_valid - 1)
-    rows = np.arange(len(s))[None, :]
-    q_lo, q_hi = ordered[rows, lo], ordered[rows, hi]
-    quant = np.where(hi > lo, q_lo + (pos - lo) * (q_hi - q_lo), q_lo)
-    t = np.minimum(quant, 0.99 * heat.max(-1))  # [Q, N]
-    selected = heat[None] >= t[..., None]  # [Q, N, HW]
-    count = selected.sum(-1)
-    weight = heat if weight_by_heat else np.ones_like(heat)
-    in_box = np.where(selected & reg[None], weight[None], 0.0).sum(-1)
-    ratio = in_box / np.maximum(count, 1)
-    ehr = np.trapezoid(ratio, qs, axis=0)
-    ehr = np.where(has_heat, ehr, 0.0)
-    ehr = np.where(reg.any(-1), ehr, np.nan)
-    return ehr.reshape(lead)
