@@ -8,18 +8,22 @@ import cxr_jax.models as models
 
 
 class Pipeline:
-    """An analytic stand-in with the Model interface: stages are (name, f(variables, h, relu))."""
+    """An analytic stand-in with the Model interface: stages are (name, f(variables, h, relu));
+    `explain` is the layer it declares for layer-based methods (as real models do)."""
 
-    def __init__(self, name, stage_fns, num_classes, in_channels, guided=False):
+    def __init__(self, name, stage_fns, num_classes, in_channels, guided=False, explain=None):
         self.name, self._fns = name, tuple(stage_fns)
         self.num_classes, self.in_channels, self.guided = num_classes, in_channels, guided
+        self.explain = explain
+        self.layers = models.Layers(explain=explain) if explain else None
 
     @property
     def stages(self):
         return tuple(n for n, _ in self._fns)
 
     def with_guided_relu(self):
-        return Pipeline(self.name, self._fns, self.num_classes, self.in_channels, guided=True)
+        return Pipeline(self.name, self._fns, self.num_classes, self.in_channels, guided=True,
+                        explain=self.explain)
 
     def apply(self, variables, x, *, taps=(), edits=None, start=None):
         edits = edits or {}

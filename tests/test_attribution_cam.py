@@ -32,7 +32,7 @@ def region_model():
         ("pool", lambda v, h, r: h.mean(axis=(1, 2))),
         ("head", lambda v, h, r: jnp.stack([3.0 * h[:, 0], 2.0 * h[:, 1],
                                             0.0 * h[:, 0] + 1.0], axis=-1)),
-    ], 3, 1)
+    ], 3, 1, explain="features")
 
 
 def two_blob_images():
@@ -185,9 +185,32 @@ def test_default_layers():
     dn = models.get("densenet_tiny", num_classes=2)
     rn = models.get("resnet_tiny", num_classes=2)
     from cxr_jax.attribution.common import resolve_layer
-    assert resolve_layer(dn, None) == "norm5"
+    assert resolve_layer(dn, None) == "relu5"
     assert resolve_layer(rn, None) == "layer4"
     assert resolve_layer(rn, "layer4.0") == "layer4.0"
+
+
+def test_densenet_gradcam_is_computed_on_rectified_features():
+    """Grad-CAM's default DenseNet layer is relu5 = ReLU(norm5): the map equals the formula with
+    A = ReLU(norm5) (what pytorch-grad-cam computes at features.norm5, whose stored activation
+    torchvision's in-place ReLU overwrites) and differs from the map on norm5 itself."""
+    model = models.get("densenet_tiny", num_classes=2)
+    x = jax.random.normal(jax.random.key(0), (2, 64, 64, 1))
+    v = model.init(jax.random.key(1), x[:1])
+    # A read-out that sums the pooled features (class 1: with weight 2), so the maps are not zero
+    kernel = jnp.ones_like(v["params"]["classifier"]["kernel"]) * jnp.array([1.0, 2.0])
+    v = {**v, "params": {**v["params"], "classifier": {**v["params"]["classifier"],
+                                                        "kernel": kernel}}}
+    t = jnp.array([0, 1])
+    cam = np.asarray(attribution.get("gradcam")(model, v, x, t))
+    assert cam.max() > 0
+    _, acts = model.apply(v, x, taps=("norm5",))
+    a = jax.nn.relu(acts["norm5"])
+    g = jax.grad(lambda a: model.apply(v, a, start="relu5")[jnp.arange(2), t].sum())(a)
+    want = upsample(jax.nn.relu(jnp.einsum("bhwc,bc->bhw", a, g.mean((1, 2)))), (64, 64))
+    np.testing.assert_allclose(cam, want, rtol=1e-5, atol=1e-7)
+    on_norm5 = np.asarray(attribution.get("gradcam")(model, v, x, t, layer="norm5"))
+    assert not np.allclose(cam, on_norm5, rtol=1e-3, atol=1e-6)
 
 
 def test_explain_multi_equals_per_target_calls():

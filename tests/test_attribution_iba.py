@@ -327,15 +327,15 @@ def test_image_keys_fold_a_single_key_and_accept_one_per_image():
     folded = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(3))
     same = lambda a, b: np.testing.assert_array_equal(jax.random.key_data(a),
                                                       jax.random.key_data(b))
-    same(I._image_keys(key, 3), folded)
-    same(I._image_keys(folded, 3), folded)
-    same(I._image_keys(jax.random.key_data(folded), 3), folded)  # raw uint32 key data
-    same(I._image_keys(jax.random.PRNGKey(1), 3), folded)
-    same(I._image_keys(None, 2), I._image_keys(jax.random.key(0), 2))
+    same(I.image_keys(key, 3), folded)
+    same(I.image_keys(folded, 3), folded)
+    same(I.image_keys(jax.random.key_data(folded), 3), folded)  # raw uint32 key data
+    same(I.image_keys(jax.random.PRNGKey(1), 3), folded)
+    same(I.image_keys(None, 2), I.image_keys(jax.random.key(0), 2))
     with pytest.raises(ValueError, match="one key per image"):
-        I._image_keys(folded[:2], 3)
+        I.image_keys(folded[:2], 3)
     with pytest.raises(ValueError, match="PRNG key"):
-        I._image_keys(jnp.ones(3), 3)
+        I.image_keys(jnp.ones(3), 3)
 
 
 def test_inverse_iba_concentrates_capacity_in_the_region_too():
@@ -520,7 +520,7 @@ def test_multilayer_iba_optimises_each_layer_separately():
                          layer=("features", "pool"))
     with pytest.raises(ValueError, match="several layers"):
         I.multilayer_iba(model, variables, x, t, stats=stats, layer="pool")
-    assert I.multilayer_default_layers(models.get("densenet_tiny", num_classes=1)) == (
+    assert models.get("densenet_tiny", num_classes=1).layers.multilayer_iba == (
         "denseblock1", "denseblock2", "denseblock3")
 
 

@@ -14,11 +14,13 @@ from cxr_jax.attribution.postprocess import upsample
 
 
 class Pipeline:
-    """An analytic stand-in with the Model interface: stages are (name, f(variables, h))."""
+    """An analytic stand-in with the Model interface: stages are (name, f(variables, h));
+    `explain` is the layer it declares for layer-based methods (as real models do)."""
 
-    def __init__(self, name, stage_fns, num_classes, in_channels):
+    def __init__(self, name, stage_fns, num_classes, in_channels, explain=None):
         self.name, self._fns = name, tuple(stage_fns)
         self.num_classes, self.in_channels = num_classes, in_channels
+        self.layers = models.Layers(explain=explain) if explain else None
 
     @property
     def stages(self):
@@ -56,7 +58,7 @@ def cell_model():
         ("features", _features),
         ("pool", lambda v, h: h.mean(axis=(1, 2))),
         ("head", head),
-    ], 3, 1)
+    ], 3, 1, explain="features")
 
 
 def cell_setup():

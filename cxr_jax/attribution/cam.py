@@ -4,7 +4,8 @@ Each needs the activation A [B, h, w, C] at a layer and its gradient g = dy_c/dA
 the network up to the layer runs forward once; only the suffix after it is differentiated
 (`common.layer_and_grad`), so a CAM costs about one forward pass plus a backward pass through
 the (small) head. Maps are upsampled bilinearly to the input size and returned raw (not
-normalised). Default layers: DenseNet `norm5`, ResNet `layer4`; any stage can be named.
+normalised). Default layer: the one the model declares for explanation (`model.layers.explain`:
+DenseNet `relu5`, the rectified final feature map; ResNet `layer4`); any stage can be named.
 
 Example:
   >>> cams = cxr_jax.attribution.get("gradcam")(model, variables, x, targets, layer="denseblock4")
@@ -18,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from cxr_jax.attribution._registry import register
+from cxr_jax.attribution.registry import register
 from cxr_jax.attribution.common import (check_images, check_spatial, layer_and_grad,
                                         resolve_layer, score_fn)
 from cxr_jax.attribution.gradients import guided_model, reduce_channels
@@ -63,7 +64,7 @@ def weighted_cam(a: Array, w: Array, size, relu: bool = True) -> Array:
     return upsample(cam, size)
 
 
-@register("gradcam")
+@register("gradcam", layer="explain")
 def gradcam(model, variables, x, targets, *, layer=None, key=None, relu: bool = True):
     """Grad-CAM: activations weighted by their spatially averaged gradients.
 
@@ -74,7 +75,8 @@ def gradcam(model, variables, x, targets, *, layer=None, key=None, relu: bool = 
       model, variables: the model and its variables.
       x: images [B, H, W, C].
       targets: class per image [B] (or scalar), or a callable logits [B, K] -> scores [B].
-      layer: stage to explain (default: DenseNet norm5, ResNet layer4).
+      layer: stage to explain (default: the model's `layers.explain`, DenseNet relu5, ResNet
+        layer4; aliases such as "stride16" are resolved by the model).
       key: unused.
       relu: apply the final ReLU (False keeps negative evidence, as Captum's default).
     Returns:
@@ -86,7 +88,7 @@ def gradcam(model, variables, x, targets, *, layer=None, key=None, relu: bool = 
     return weighted_cam(a, gradcam_weights(g), x.shape[1:3], relu)
 
 
-@register("gradcam_plus_plus")
+@register("gradcam_plus_plus", layer="explain")
 def gradcam_plus_plus(model, variables, x, targets, *, layer=None, key=None,
                       eps: float = 1e-6):
     """Grad-CAM++ in pytorch-grad-cam's form (see `gradcam_plus_plus_weights`).
@@ -107,7 +109,7 @@ def gradcam_plus_plus(model, variables, x, targets, *, layer=None, key=None,
     return weighted_cam(a, gradcam_plus_plus_weights(a, g, eps), x.shape[1:3])
 
 
-@register("guided_gradcam")
+@register("guided_gradcam", layer="explain")
 def guided_gradcam(model, variables, x, targets, *, layer=None, key=None,
                    reduce: str = "max_abs"):
     """Guided Grad-CAM: the upsampled Grad-CAM map times the guided-backprop map.

@@ -1,26 +1,20 @@
-"""What every attribution method shares: input checks, targets, layers, stage gradients."""
+"""What every attribution method shares: input checks, targets, layers, stage gradients,
+and chunked evaluation of many path points / samples / channels."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cxr_jax.common import targets as targets_lib
+from cxr_jax.common.targets import Targets, concrete
 from cxr_jax.models import Model, default_layer
+from cxr_jax.models import resolve_layer as model_layer
 
 Array = jax.Array
-# Per-image class indices [B] (or a scalar for all), or a callable logits [B, K] -> scores [B].
-Targets = Union[Array, np.ndarray, int, Callable[[Array], Array]]
-
-
-def _concrete(a) -> np.ndarray | None:
-    """`a` as a numpy array when its value is known at trace time, else None."""
-    try:
-        return np.asarray(a)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
 
 
 def check_images(model: Model, x: Array) -> None:
@@ -31,14 +25,14 @@ def check_images(model: Model, x: Array) -> None:
             f"Expected images [B, H, W, {model.in_channels}] for {model.name!r}, got shape "
             f"{shape}. Add a batch axis (x[None]) or a channel axis (x[..., None])."
         )
-    value = _concrete(x)
+    value = concrete(x)
     if value is not None and not np.all(np.isfinite(value)):
         bad = sorted(set(np.nonzero(~np.isfinite(value).reshape(shape[0], -1).all(1))[0]))
         raise ValueError(f"Images {bad} contain NaN or Inf pixels; clean or drop them first.")
 
 
 def score_fn(model: Model, targets: Targets, batch: int) -> Callable[[Array], Array]:
-    """A function logits [B, K] -> per-image target score [B].
+    """A function logits [B, K] -> per-image target score [B] (`cxr_jax.common.targets`).
 
     Args:
       model: the model (for num_classes).
@@ -48,34 +42,16 @@ def score_fn(model: Model, targets: Targets, batch: int) -> Callable[[Array], Ar
     Raises:
       ValueError: wrong number of targets, non-integer or out-of-range class indices.
     """
-    if callable(targets):
-        return targets
-    t = jnp.asarray(targets)
-    if not jnp.issubdtype(t.dtype, jnp.integer):
-        raise ValueError(f"Targets must be integer class indices (or a callable), got {t.dtype}.")
-    if t.ndim == 0:
-        t = jnp.full((batch,), t)
-    if t.shape != (batch,):
-        raise ValueError(f"Expected one target per image, shape ({batch},), got {t.shape}.")
-    value = _concrete(t)
-    if value is not None and value.size and (value.min() < 0 or value.max() >= model.num_classes):
-        raise ValueError(
-            f"Target class out of range: got {value.tolist()}, model {model.name!r} has "
-            f"{model.num_classes} outputs (valid 0..{model.num_classes - 1})."
-        )
-    return lambda logits: jnp.take_along_axis(logits, t[:, None], axis=1)[:, 0]
+    return targets_lib.score_fn(targets, batch, num_classes=model.num_classes,
+                                owner=f"model {model.name!r}")
 
 
-def resolve_layer(model: Model, layer: str | None) -> str:
-    """The layer to explain: the caller's, validated, or the model's default."""
+def resolve_layer(model: Model, layer: str | None, role: str = "explain") -> str:
+    """The layer to explain: the caller's (a stage or a model alias such as "stride16"),
+    validated, or the layer the model declares for `role` when None."""
     if layer is None:
-        return default_layer(model)
-    if layer not in model.stages:
-        raise ValueError(
-            f"Unknown layer {layer!r} for {model.name!r}. Valid stage names: "
-            f"{', '.join(model.stages)}."
-        )
-    return layer
+        return default_layer(model, role)
+    return model_layer(model, layer)
 
 
 def layer_and_grad(model: Model, variables: Any, x: Array, score: Callable[[Array], Array],

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cxr_jax.attribution import _registry
-from cxr_jax.attribution._registry import register
+from cxr_jax.attribution import registry
+from cxr_jax.attribution.registry import register
 from cxr_jax.attribution.common import (auto_chunk, check_images, chunked_sum, input_grad,
                                         score_fn)
 
@@ -93,117 +93,6 @@ def input_x_gradient(model, variables, x, targets, *, layer=None, key=None,
     return reduce_channels(x * input_grad(model, variables, x, score), reduce)
 
 
-@register("guided_backprop")
-def guided_backprop(model, variables, x, targets, *, layer=None, key=None,
-                    reduce: str = "max_abs"):
-    """Guided backpropagation: the input gradient through guided ReLUs.
-
-    Every ReLU's backward pass lets the incoming gradient through only where the forward input
-    was positive and the gradient itself is positive: dx = g [x > 0] [g > 0]. The model provides
-    this as `model.with_guided_relu()` (a custom_vjp ReLU selected by a model flag, no hooks).
-
-    Args:
-      model: a model with `with_guided_relu()`.
-      variables, x, targets: as `gradient`.
-      layer, key: unused.
-      reduce: channel reduction (default "max_abs").
-    Returns:
-      [B, H, W] float32, raw.
-    """
-    score = _prepare(model, x, targets)
-    return reduce_channels(input_grad(guided_model(model), variables, x, score), reduce)
-
-
-def guided_model(model):
-    """The model's guided-ReLU variant, or a ValueError saying the model has none."""
-    make = getattr(model, "with_guided_relu", None)
-    if make is None:
-        raise ValueError(
-            f"Model {getattr(model, 'name', model)!r} has no guided-ReLU variant "
-            f"(with_guided_relu); guided backprop needs one."
-        )
-    return make()
-
-
-# --------------------------------------------------------------------- integrated gradients
-_RULES = ("left", "right", "midpoint", "trapezoid")
-
-
-def riemann_nodes(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Path positions alpha_k in [0, 1] and weights w_k (sum 1) of a Riemann rule.
-
-    left: alpha = k/m, k = 0..m-1; right: k/m, k = 1..m (METHODS.md's formula); midpoint:
-    (k + 1/2)/m, k = 0..m-1 (all with w = 1/m; midpoint is second-order accurate for the same
-    m gradients); trapezoid: k/m, k = 0..m with w = 1/(2m) at the ends and 1/m inside (m + 1
-    gradients).
-    """
-    if not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}.")
-    m = int(steps)
-    if rule == "left":
-        a = np.arange(m) / m
-    elif rule == "right":
-        a = np.arange(1, m + 1) / m
-    elif rule == "midpoint":
-        a = (np.arange(m) + 0.5) / m
-    elif rule == "trapezoid":
-        a = np.arange(m + 1) / m
-        w = np.full(m + 1, 1.0 / m)
-        w[[0, -1]] = 0.5 / m
-        return a.astype(np.float32), w.astype(np.float32)
-    else:
-        raise ValueError(f"Unknown Riemann rule {rule!r}; use one of {', '.join(_RULES)}.")
-    return a.astype(np.float32), np.full(m, 1.0 / m, np.float32)
-
-
-@register("integrated_gradients")
-def integrated_gradients(model, variables, x, targets, *, layer=None, key=None,
-                         steps: int = 50, baseline: Any = None, rule: str = "midpoint",
-                         chunk: int | None = None):
-    """Integrated Gradients along the straight path from a baseline b to x.
-
-    map = sum_c (x - b) * sum_k w_k dy_c/dx (b + alpha_k (x - b)), a Riemann sum of the path
-    integral; by default the midpoint rule alpha_k = (k + 1/2)/m, w_k = 1/m, k = 0..m-1
-    (METHODS.md's alpha_k = k/m is rule="right"). Completeness: the map sums to
-    y_c(x) - y_c(b) up to the quadrature error (O(1/m^2) for midpoint and trapezoid).
-
-    The m path points are evaluated `chunk` at a time (a vmapped batch of chunk * B images)
-    inside a `lax.scan` that keeps one running sum, so memory does not grow with m.
-    Performance note: XLA:CPU runs the input-gradient convolutions of jax's transpose rule on
-    a slow generic path when they sit inside a loop body (jax issue #12868); models whose
-    convolutions use an explicit-transpose VJP avoid it (about 2 F per path point instead of
-    about 25 F on DenseNet-121).
-
-    Args:
-      model, variables, x, targets: as `gradient`.
-      layer, key: unused.
-      steps: m, the number of path points (default 50; trapezoid uses m + 1).
-      baseline: b, broadcastable to x (None: zeros).
-      rule: "midpoint" (default) | "left" | "right" | "trapezoid".
-      chunk: path points per vectorised pass (chunk * B images at once); None: about 16
-        images per pass (`common.auto_chunk`), best on CPU; raise it on accelerators.
-    Returns:
-      [B, H, W] float32, raw (signed), summed over input channels.
-    """
-    score = _prepare(model, x, targets)
-    b = jnp.zeros_like(x) if baseline is None else jnp.asarray(baseline, x.dtype)
-    try:
-        b = jnp.broadcast_to(b, x.shape)
-    except ValueError as err:
-        raise ValueError(
-            f"baseline of shape {b.shape} does not broadcast to the images {x.shape}.") from err
-    alphas, weights = riemann_nodes(rule, steps)
-    delta = x - b
-
-    def weighted_grad(aw):
-        alpha, w = aw
-        return w * input_grad(model, variables, b + alpha * delta, score)
-
-    avg = chunked_sum(weighted_grad, (jnp.asarray(alphas), jnp.asarray(weights)),
-                      auto_chunk(chunk, x.shape[0]))
-    return jnp.sum(delta * avg, axis=-1)
-
-
 # ----------------------------------------------------------------------------- SmoothGrad
 def make_smoothgrad(fn: Callable, *, n: int = 50, sigma: float = 0.15,
                     chunk: int | None = None) -> Callable:
@@ -253,7 +142,7 @@ def make_smoothgrad(fn: Callable, *, n: int = 50, sigma: float = 0.15,
     return smoothed
 
 
-@register("smoothgrad")
+@register("smoothgrad", defaults={"method": "gradient", "n": 50}, fast={"n": 10})
 def smoothgrad(model, variables, x, targets, *, layer=None, key=None,
                method: str | Callable = "gradient", n: int = 50, sigma: float = 0.15,
                chunk: int | None = None, **method_hp):
@@ -272,8 +161,120 @@ def smoothgrad(model, variables, x, targets, *, layer=None, key=None,
     Returns:
       [B, H, W] float32, raw.
     """
-    fn = _registry.get(method) if isinstance(method, str) else method
+    fn = registry.get(method) if isinstance(method, str) else method
     if not callable(fn):
         raise ValueError(f"method must be a registered name or a function, got {method!r}.")
     smoothed = make_smoothgrad(fn, n=n, sigma=sigma, chunk=chunk)
     return smoothed(key, model, variables, x, targets, layer=layer, **method_hp)
+
+
+# --------------------------------------------------------------------- integrated gradients
+_RULES = ("left", "right", "midpoint", "trapezoid")
+
+
+def riemann_nodes(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Path positions alpha_k in [0, 1] and weights w_k (sum 1) of a Riemann rule.
+
+    left: alpha = k/m, k = 0..m-1; right: k/m, k = 1..m (METHODS.md's formula); midpoint:
+    (k + 1/2)/m, k = 0..m-1 (all with w = 1/m; midpoint is second-order accurate for the same
+    m gradients); trapezoid: k/m, k = 0..m with w = 1/(2m) at the ends and 1/m inside (m + 1
+    gradients).
+    """
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}.")
+    m = int(steps)
+    if rule == "left":
+        a = np.arange(m) / m
+    elif rule == "right":
+        a = np.arange(1, m + 1) / m
+    elif rule == "midpoint":
+        a = (np.arange(m) + 0.5) / m
+    elif rule == "trapezoid":
+        a = np.arange(m + 1) / m
+        w = np.full(m + 1, 1.0 / m)
+        w[[0, -1]] = 0.5 / m
+        return a.astype(np.float32), w.astype(np.float32)
+    else:
+        raise ValueError(f"Unknown Riemann rule {rule!r}; use one of {', '.join(_RULES)}.")
+    return a.astype(np.float32), np.full(m, 1.0 / m, np.float32)
+
+
+@register("integrated_gradients", defaults={"steps": 50}, fast={"steps": 16})
+def integrated_gradients(model, variables, x, targets, *, layer=None, key=None,
+                         steps: int = 50, baseline: Any = None, rule: str = "midpoint",
+                         chunk: int | None = None):
+    """Integrated Gradients along the straight path from a baseline b to x.
+
+    map = sum_c (x - b) * sum_k w_k dy_c/dx (b + alpha_k (x - b)), a Riemann sum of the path
+    integral; by default the midpoint rule alpha_k = (k + 1/2)/m, w_k = 1/m, k = 0..m-1
+    (METHODS.md's alpha_k = k/m is rule="right"). Completeness: the map sums to
+    y_c(x) - y_c(b) up to the quadrature error (O(1/m^2) for midpoint and trapezoid).
+
+    The m path points are evaluated `chunk` at a time (a vmapped batch of chunk * B images)
+    inside a `lax.scan` that keeps one running sum, so memory does not grow with m.
+    Performance note: XLA:CPU runs the input-gradient convolutions of jax's transpose rule on
+    a slow generic path when they sit inside a loop body (jax issue #12868); models whose
+    convolutions use an explicit-transpose VJP avoid it (about 2 F per path point instead of
+    about 25 F on DenseNet-121).
+
+    Args:
+      model, variables, x, targets: as `gradient`.
+      layer, key: unused.
+      steps: m, the number of path points (default 50; trapezoid uses m + 1).
+      baseline: b, broadcastable to x (None: zeros).
+      rule: "midpoint" (default) | "left" | "right" | "trapezoid".
+      chunk: path points per vectorised pass (chunk * B images at once); None: about 16
+        images per pass (`common.auto_chunk`), best on CPU; raise it on accelerators.
+    Returns:
+      [B, H, W] float32, raw (signed), summed over input channels.
+    """
+    score = _prepare(model, x, targets)
+    b = jnp.zeros_like(x) if baseline is None else jnp.asarray(baseline, x.dtype)
+    try:
+        b = jnp.broadcast_to(b, x.shape)
+    except ValueError as err:
+        raise ValueError(
+            f"baseline of shape {b.shape} does not broadcast to the images {x.shape}.") from err
+    alphas, weights = riemann_nodes(rule, steps)
+    delta = x - b
+
+    def weighted_grad(aw):
+        alpha, w = aw
+        return w * input_grad(model, variables, b + alpha * delta, score)
+
+    avg = chunked_sum(weighted_grad, (jnp.asarray(alphas), jnp.asarray(weights)),
+                      auto_chunk(chunk, x.shape[0]))
+    return jnp.sum(delta * avg, axis=-1)
+
+
+# ------------------------------------------------------------------------- guided backprop
+@register("guided_backprop")
+def guided_backprop(model, variables, x, targets, *, layer=None, key=None,
+                    reduce: str = "max_abs"):
+    """Guided backpropagation: the input gradient through guided ReLUs.
+
+    Every ReLU's backward pass lets the incoming gradient through only where the forward input
+    was positive and the gradient itself is positive: dx = g [x > 0] [g > 0]. The model provides
+    this as `model.with_guided_relu()` (a custom_vjp ReLU selected by a model flag, no hooks).
+
+    Args:
+      model: a model with `with_guided_relu()`.
+      variables, x, targets: as `gradient`.
+      layer, key: unused.
+      reduce: channel reduction (default "max_abs").
+    Returns:
+      [B, H, W] float32, raw.
+    """
+    score = _prepare(model, x, targets)
+    return reduce_channels(input_grad(guided_model(model), variables, x, score), reduce)
+
+
+def guided_model(model):
+    """The model's guided-ReLU variant, or a ValueError saying the model has none."""
+    make = getattr(model, "with_guided_relu", None)
+    if make is None:
+        raise ValueError(
+            f"Model {getattr(model, 'name', model)!r} has no guided-ReLU variant "
+            f"(with_guided_relu); guided backprop needs one."
+        )
+    return make()

@@ -17,10 +17,10 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from cxr_jax.attribution import _registry
+from cxr_jax.attribution import registry
 from cxr_jax.attribution.common import check_images
+from cxr_jax.common.targets import check_classes
 
 Array = jax.Array
 
@@ -44,7 +44,7 @@ def explain_multi(method: str | Callable, model, variables, x: Array, targets, *
     Raises:
       ValueError: unknown method, targets not an integer [B, K] array, or a class out of range.
     """
-    fn = _registry.get(method) if isinstance(method, str) else method
+    fn = registry.get(method) if isinstance(method, str) else method
     if not callable(fn):
         raise ValueError(f"method must be a registered name or a function, got {method!r}.")
     check_images(model, x)
@@ -59,14 +59,7 @@ def explain_multi(method: str | Callable, model, variables, x: Array, targets, *
         raise ValueError(
             f"targets must have shape [B, K] = [{x.shape[0]}, K >= 1] (one row of classes per "
             f"image), got {t.shape}.")
-    try:
-        value = np.asarray(t)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        value = None
-    if value is not None and (value.min() < 0 or value.max() >= model.num_classes):
-        raise ValueError(
-            f"Target class out of range: got {value.tolist()}, model {model.name!r} has "
-            f"{model.num_classes} outputs (valid 0..{model.num_classes - 1}).")
+    check_classes(t, model.num_classes, f"model {model.name!r}")
 
     def one(t_k):  # t_k: [B], one target per image
         return fn(model, variables, x, t_k, **kw).astype(jnp.float32)

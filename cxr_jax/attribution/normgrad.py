@@ -29,7 +29,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from cxr_jax.attribution._registry import register
+from cxr_jax.attribution.registry import register
 from cxr_jax.attribution.common import (check_images, check_spatial, layers_and_grads,
                                         resolve_layer, score_fn)
 from cxr_jax.attribution.postprocess import normalize_minmax, upsample
@@ -109,7 +109,7 @@ def combine_maps(maps: Array, weights: Sequence[float] | None = None,
     return jnp.prod(powered, axis=0)
 
 
-@register("normgrad")
+@register("normgrad", layer="explain")
 def normgrad(model, variables, x, targets, *, layer: str | Sequence[str] | None = None,
              key=None, variant: str = "conv1x1", weights: Sequence[float] | None = None,
              combine: str = "product"):
@@ -123,8 +123,8 @@ def normgrad(model, variables, x, targets, *, layer: str | Sequence[str] | None 
       model, variables: the model and its variables.
       x: images [B, H, W, C].
       targets: class per image [B] (or scalar), or a callable logits [B, K] -> scores [B].
-      layer: a stage name, a sequence of distinct stage names, or None (DenseNet norm5, ResNet
-        layer4). The seed's multi-layer ResNet set is ("layer2.0", "layer3.0", "layer4.0",
+      layer: a stage name, a sequence of distinct stage names, or None (the model's
+        `layers.explain`: DenseNet relu5, ResNet layer4). The seed's multi-layer ResNet set is ("layer2.0", "layer3.0", "layer4.0",
         "layer4.2").
       key: unused.
       variant: "conv1x1" (default; TorchRay's form) | "scaling" | "bias" | "conv3x3" |

@@ -3,7 +3,7 @@
 Gradient-free. For every channel k of the activation A [B, h, w, C] at a layer, the channel is
 upsampled to the input size and min-max normalised into a mask M_k in [0, 1]; the model scores
 the masked image x * M_k; the softmax of those scores over channels weights the channels.
-The cost is one forward pass per channel and image (1024 for DenseNet-121's norm5), batched:
+The cost is one forward pass per channel and image (1024 for DenseNet-121's relu5), batched:
 `lax.map(..., batch_size=chunk)` runs `chunk` channels (chunk * B masked images) per
 vectorised forward pass, and no [B, C, H, W] mask tensor is ever built.
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from cxr_jax.attribution._registry import register
+from cxr_jax.attribution.registry import register
 from cxr_jax.attribution.cam import weighted_cam
 from cxr_jax.attribution.common import (auto_chunk, check_images, check_spatial, resolve_layer,
                                         score_fn)
@@ -70,7 +70,7 @@ def _activations(model, variables, x, targets, layer):
     return a, score
 
 
-@register("scorecam")
+@register("scorecam", layer="explain")
 def scorecam(model, variables, x, targets, *, layer=None, key=None, chunk: int | None = None,
              eps: float = 1e-6):
     """Score-CAM over every channel of the layer.
@@ -83,7 +83,8 @@ def scorecam(model, variables, x, targets, *, layer=None, key=None, chunk: int |
       model, variables: the model and its variables.
       x: images [B, H, W, C].
       targets: class per image [B] (or scalar), or a callable logits [B, K] -> scores [B].
-      layer: stage to explain (default: DenseNet norm5, ResNet layer4).
+      layer: stage to explain (default: the model's `layers.explain`, DenseNet relu5, ResNet
+        layer4).
       key: unused.
       chunk: channels per vectorised forward pass (chunk * B masked images); None: about 16
         images per pass, best on CPU; raise it (e.g. 64) on accelerators. Memory is that of
@@ -97,7 +98,7 @@ def scorecam(model, variables, x, targets, *, layer=None, key=None, chunk: int |
     return weighted_cam(a, w, x.shape[1:3])
 
 
-@register("faster_scorecam")
+@register("faster_scorecam", layer="explain")
 def faster_scorecam(model, variables, x, targets, *, layer=None, key=None, max_n: int = 10,
                     chunk: int | None = None, eps: float = 1e-6):
     """Faster Score-CAM: Score-CAM over the max_n channels with the largest spatial std.

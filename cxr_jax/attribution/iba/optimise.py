@@ -1,0 +1,267 @@
+"""The per-image optimisation of a bottleneck: settings, keys, model losses and the Adam loop.
+
+Each image has its own alpha [h, w, C] and its own optax Adam state (vmapped over the batch); a
+`lax.scan` runs the steps; a step reruns only the stages after the bottleneck on the
+B x samples noisy activations folded into one batch. One program explains a batch, with no host
+round trips; keys are explicit (`fold_in` per image and per step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from cxr_jax.attribution.common import auto_chunk
+from cxr_jax.attribution.iba.bottleneck import kl_capacity, smooth
+from cxr_jax.attribution.iba.stats import IBAStats
+from cxr_jax.common.targets import class_indices
+from cxr_jax.models import Model
+
+Array = jax.Array
+
+# Optimisations of up to this many steps are unrolled by default (see `Settings.unroll`).
+MAX_UNROLL = 32
+CLASSIFIER_LOSSES = ("bce", "ce")
+REGRESSION_LOSSES = ("mse", "push_up")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The optimisation's hyperparameters, shared by every method of the IBA family.
+
+    Defaults are the reference's: beta 10, 10 Adam steps at lr 1, 10 noise samples per step,
+    alpha0 5, smoothing sigma 1.
+
+    Attributes:
+      beta: weight of the mean capacity against the model loss.
+      steps: Adam steps per image.
+      lr: Adam learning rate.
+      samples: noise draws per step (the suffix runs on B * samples activations per step).
+      alpha0: initial alpha (lambda = sigmoid(alpha0), 0.993 for 5).
+      sigma: std of the Gaussian smoothing of lambda (kernel 2 round(2 sigma) + 1, reflect
+        padding); 0 disables it.
+      active_threshold: features non-zero in at most this fraction of the data are masked out
+        of z and of the capacity.
+      unroll: `lax.scan`'s unroll for the steps; None unrolls up to 32 steps fully. XLA:CPU runs
+        convolution gradients inside a loop with a slow kernel layout (2-3x slower), and the
+        unrolled program also drops the last step's unused gradient; pass 1 for a rolled loop
+        (faster to compile, the same maps).
+      chunk: images optimised together (their chunk x samples noisy activations go through
+        the suffix as one batch); chunks run one after another, so memory stays bounded. None:
+        about 16 suffix images per pass (1 image at 10 samples), best on CPU; raise it on
+        accelerators. The maps do not depend on it.
+    """
+
+    beta: Any = 10.0
+    steps: int = 10
+    lr: Any = 1.0
+    samples: int = 10
+    alpha0: Any = 5.0
+    sigma: Any = 1.0
+    active_threshold: Any = 0.01
+    unroll: int | bool | None = None
+    chunk: int | None = None
+
+    @classmethod
+    def of(cls, method: str, hparams: dict, **defaults) -> "Settings":
+        """Settings from a method's keyword arguments (over `defaults`), checked."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(hparams) - names)
+        if unknown:
+            raise TypeError(f"{method} got unknown hyperparameter(s) {unknown}; the "
+                            f"optimisation takes {sorted(names)}.")
+        s = cls(**{**defaults, **hparams})
+        if not isinstance(s.steps, int) or s.steps < 1:
+            raise ValueError(f"{method}: steps must be an int >= 1, got {s.steps!r}.")
+        if not isinstance(s.samples, int) or s.samples < 1:
+            raise ValueError(f"{method}: samples must be an int >= 1, got {s.samples!r}.")
+        if s.sigma is not None and (not isinstance(s.sigma, (int, float)) or s.sigma < 0):
+            raise ValueError(f"{method}: sigma must be a number >= 0 (0 or None: no smoothing), "
+                             f"got {s.sigma!r}.")
+        if isinstance(s.beta, (int, float)) and s.beta < 0:
+            raise ValueError(f"{method}: beta must be >= 0, got {s.beta!r}.")
+        return s
+
+
+def image_keys(key: Any, batch: int) -> Array:
+    """One key per image: `fold_in(key, i)` for a single key, or the caller's B keys."""
+    if key is None:
+        key = jax.random.key(0)
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.dtype != jnp.uint32 or key.ndim not in (1, 2):
+            raise ValueError(f"key must be a PRNG key (jax.random.key), one per image, or raw "
+                             f"uint32 key data; got dtype {key.dtype}, shape {key.shape}.")
+        key = jax.random.wrap_key_data(key)
+    if key.ndim == 0:
+        return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch))
+    if key.shape != (batch,):
+        raise ValueError(f"Expected a single key or one key per image ({batch},), got key "
+                         f"shape {key.shape}.")
+    return key
+
+
+# ---------------------------------------------------------------------------- model losses
+def _per_image_score(model: Model, targets: Any, batch: int):
+    """(index [B] or None, callable or None): the target as a class per image or a function."""
+    if callable(targets):
+        return None, targets
+    return class_indices(targets, batch, num_classes=model.num_classes,
+                         owner=f"model {model.name!r}"), None
+
+
+def _scorer(fn):
+    """score(logits [S, K], t) for one image: the callable's score, or logit t."""
+    return lambda logits, t: fn(logits) if fn is not None else jnp.take(logits, t, axis=-1)
+
+
+def classifier_loss(model: Model, targets: Any, loss: str, batch: int, method: str):
+    """(model_loss(logits [S, K], t_i), per-image aux [B]) for the explained finding."""
+    if loss not in CLASSIFIER_LOSSES:
+        raise ValueError(f"{method}: loss must be one of {CLASSIFIER_LOSSES} ('bce': sigmoid "
+                         f"cross-entropy of the finding with label 1, multi-label models; 'ce': "
+                         f"softmax cross-entropy, single-label models), got {loss!r}.")
+    index, fn = _per_image_score(model, targets, batch)
+    if loss == "ce" and fn is not None:
+        raise ValueError(f"{method}: loss='ce' needs class indices as targets; with a callable "
+                         f"target use loss='bce'.")
+    score = _scorer(fn)
+    if loss == "bce":
+        def model_loss(logits, t):  # BCE with logits against label 1 = softplus(-score)
+            return jnp.mean(jax.nn.softplus(-score(logits.astype(jnp.float32), t)))
+    else:
+        def model_loss(logits, t):
+            return -jnp.mean(jnp.take(jax.nn.log_softmax(logits.astype(jnp.float32), -1), t,
+                                      axis=-1))
+    aux = index if index is not None else jnp.zeros((batch,), jnp.int32)
+    return model_loss, aux
+
+
+def regression_loss(model: Model, logits: Array, targets: Any, loss: str, target_score: Any,
+                    batch: int, method: str):
+    """(model_loss(logits [S, K], aux_i), per-image aux) for a score regressor."""
+    if loss not in REGRESSION_LOSSES:
+        raise ValueError(f"{method}: loss must be one of {REGRESSION_LOSSES} ('mse': squared "
+                         f"error to target_score; 'push_up': -MSE(f(z), 0), push the score's "
+                         f"magnitude up), got {loss!r}.")
+    if targets is None:
+        if model.num_classes != 1:
+            raise ValueError(f"{method}: targets=None picks the single output of a regression "
+                             f"head, but {model.name!r} has {model.num_classes} outputs; pass "
+                             f"the output index or a callable logits -> score.")
+        targets = 0
+    index, fn = _per_image_score(model, targets, batch)
+    score = _scorer(fn)
+    if index is None:
+        index = jnp.zeros((batch,), jnp.int32)
+    if loss == "push_up":
+        if target_score is not None:
+            raise ValueError(f"{method}: loss='push_up' takes no target_score (it maximises the "
+                             f"squared score); use loss='mse' to fit a target.")
+        return (lambda lg, aux: -jnp.mean(jnp.square(score(lg.astype(jnp.float32), aux)))), index
+    if target_score is None:
+        # Keep the prediction: the unperturbed model's own score for each image.
+        goal = jax.vmap(lambda lg, t: score(lg[None], t)[0])(logits.astype(jnp.float32), index)
+        goal = jax.lax.stop_gradient(goal)
+    else:
+        goal = jnp.broadcast_to(jnp.asarray(target_score, jnp.float32), (batch,))
+
+    def model_loss(lg, aux):
+        t, g = aux
+        return jnp.mean(jnp.square(score(lg.astype(jnp.float32), t) - g))
+
+    return model_loss, (index, goal)
+
+
+# ------------------------------------------------------------------------------- the loop
+def optimise(suffix: Callable[[Array], Array], R: Array, aux: Any, keys: Array,
+             stats: IBAStats, model_loss: Callable[[Array, Any], Array], settings: Settings,
+             *, inverse: bool) -> Array:
+    """`optimise_images` on `settings.chunk` images at a time (None: `auto_chunk`).
+
+    The optimisations of different images are independent, so a `lax.map` over chunks gives
+    the same capacities with memory for chunk x samples suffix passes instead of B x samples
+    (a DenseNet-121 multi-layer IBA at 224 px, batch 8, needed 26 GB in one piece). The batch is
+    padded to a multiple of the chunk by repeating its last image, so one program is compiled.
+    """
+    batch = R.shape[0]
+    c = min(auto_chunk(settings.chunk, settings.samples), batch)
+    if c == batch:
+        return optimise_images(suffix, R, aux, keys, stats, model_loss, settings,
+                               inverse=inverse)
+    n = -(-batch // c)
+    idx = jnp.minimum(jnp.arange(n * c), batch - 1)
+    split = lambda a: a[idx].reshape((n, c) + a.shape[1:])
+    cap = jax.lax.map(
+        lambda args: optimise_images(suffix, *args[:3], stats, model_loss, settings,
+                                     inverse=inverse),
+        jax.tree_util.tree_map(split, (R, aux, keys)))
+    return cap.reshape((n * c,) + cap.shape[2:])[:batch]
+
+
+def optimise_images(suffix: Callable[[Array], Array], R: Array, aux: Any, keys: Array,
+                    stats: IBAStats, model_loss: Callable[[Array, Any], Array],
+                    settings: Settings, *, inverse: bool) -> Array:
+    """Per-image bottleneck optimisation for a batch: capacity [B, h, w, C] (nats).
+
+    In a step the bottleneck is vmapped over images (noise from the image's key folded with the
+    step), the B x S noisy activations go through the suffix as one batch, and the loss is the
+    sum of the per-image losses: images do not interact (eval-mode batch norm), so its gradient
+    with respect to alpha_i is image i's own.
+
+    Args:
+      suffix: z [N, h, w, C] -> logits [N, K], the stages after the bottleneck.
+      R: activations at the bottleneck [B, h, w, C].
+      aux: per-image data for the model loss (pytree with leading B).
+      keys: one PRNG key per image [B].
+      stats: the layer's statistics.
+      model_loss: (logits [S, K], aux_i) -> scalar model loss of one image.
+      settings: the hyperparameters.
+      inverse: Inverse IBA: signal and noise swapped, the model loss maximised.
+    Returns:
+      The capacity the last step evaluated (as the reference reports it), [B, h, w, C].
+    """
+    s = settings
+    R = R.astype(jnp.float32)
+    batch, shape = R.shape[0], R.shape[1:]
+    active = (stats.active_rate > s.active_threshold).astype(jnp.float32)
+    # Inactive features are zero in z: fold the mask into signal and noise once.
+    r_std = (R - stats.mean) / stats.std
+    signal, mu, sd = R * active, stats.mean * active, stats.std * active
+    opt = optax.adam(s.lr)
+    sign = -1.0 if inverse else 1.0
+
+    def bottleneck(alpha, r_std_i, signal_i, key):  # one image
+        lam = smooth(jax.nn.sigmoid(alpha), s.sigma)
+        lam_c = smooth(jax.nn.sigmoid(-alpha), s.sigma)  # 1 - lam, without cancellation
+        cap = kl_capacity(r_std_i, lam, lam_c) * active
+        noise = mu + sd * jax.random.normal(key, (s.samples,) + shape, jnp.float32)
+        z = lam * noise + lam_c * signal_i if inverse else lam * signal_i + lam_c * noise
+        return z, cap
+
+    def total_loss(alpha, step_keys):
+        z, cap = jax.vmap(bottleneck)(alpha, r_std, signal, step_keys)  # [B, S, ...], [B, ...]
+        logits = suffix(z.reshape((batch * s.samples,) + shape))
+        logits = logits.reshape((batch, s.samples) + logits.shape[1:])
+        per_image = (sign * jax.vmap(model_loss)(logits, aux)
+                     + s.beta * jnp.mean(cap, axis=(1, 2, 3)))
+        return jnp.sum(per_image), cap
+
+    def step(carry, i):
+        alpha, state, _ = carry
+        step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, i)
+        (_, cap), grad = jax.value_and_grad(total_loss, has_aux=True)(alpha, step_keys)
+        updates, state = jax.vmap(opt.update)(grad, state, alpha)
+        return (optax.apply_updates(alpha, updates), state, cap), None
+
+    alpha = jnp.full(R.shape, s.alpha0, jnp.float32)
+    carry = (alpha, jax.vmap(opt.init)(alpha), jnp.zeros(R.shape, jnp.float32))
+    unroll = s.unroll
+    if unroll is None:
+        unroll = True if s.steps <= MAX_UNROLL else 1
+    (_, _, cap), _ = jax.lax.scan(step, carry, jnp.arange(s.steps), unroll=unroll)
+    return cap
