@@ -1,29 +1,19 @@
-"""Process set-up shared by the experiment scripts: multi-host, compilation cache, logging."""
+"""Process set-up for scripts: multi-host JAX, the compilation cache, malloc, who writes.
+
+The library takes plain arguments; the experiment scripts turn their flags
+(experiments/common.py) into one `setup(...)` call.
+"""
 
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import sys
-from typing import Any
 
 import jax
-from absl import flags, logging
+from absl import logging
 
-_CACHE = flags.DEFINE_string(
-    "compilation_cache", os.path.expanduser("~/.cache/cxr_jax/jax"),
-    "Directory of JAX's persistent compilation cache, so a second run does not compile again. "
-    "Empty string turns it off.")
-_MULTIHOST = flags.DEFINE_bool(
-    "multihost", False,
-    "Call jax.distributed.initialize() first (TPU pods, multi-node GPU); each process then reads "
-    "its own shard of the data and process 0 writes results.")
-_KEEP_FREED = flags.DEFINE_bool(
-    "keep_freed_memory", True,
-    "Tell glibc's malloc to keep freed memory for reuse instead of returning it to the OS "
-    "(see runtime.keep_freed_memory): XLA:CPU allocates each call's scratch buffers afresh, and "
-    "on Linux large fresh buffers cost a page fault per 4 KiB. No effect off Linux/glibc.")
+DEFAULT_CACHE = os.path.expanduser("~/.cache/cxr_jax/jax")
 
 
 _allocator_tuned = False
@@ -63,18 +53,25 @@ def keep_freed_memory() -> bool:
                 and mallopt(m_trim_threshold, 2**31 - 1))
 
 
-def setup() -> None:
-    """Initialises multi-host JAX (behind --multihost) and the persistent compilation cache."""
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax and grain are chatty at INFO
+def setup(*, compilation_cache: str | None = DEFAULT_CACHE, multihost: bool = False,
+          keep_freed: bool = True) -> None:
+    """Prepares this process for an experiment.
+
+    Args:
+      compilation_cache: folder of JAX's persistent compilation cache, so a second run does not
+        compile again; None or "" turns it off.
+      multihost: call `jax.distributed.initialize()` first (TPU pods, multi-node GPU); each
+        process then reads its own shard of the data and process 0 writes results.
+      keep_freed: apply `keep_freed_memory()` (glibc keeps freed memory for reuse).
+    """
     global _allocator_tuned
-    if _KEEP_FREED.value:
+    if keep_freed:
         _allocator_tuned = keep_freed_memory()
-    if _MULTIHOST.value:
+    if multihost:
         jax.distributed.initialize()
-    if _CACHE.value:
-        os.makedirs(_CACHE.value, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", _CACHE.value)
+    if compilation_cache:
+        os.makedirs(compilation_cache, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", compilation_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     logging.info("JAX %s on %d %s device(s), process %d of %d", jax.__version__,
@@ -85,19 +82,3 @@ def setup() -> None:
 def is_writer() -> bool:
     """True on the process that writes results (process 0)."""
     return jax.process_index() == 0
-
-
-def write_json(path: str, obj: Any) -> None:
-    """Writes JSON atomically (temp file + rename), so a killed run never leaves half a file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=float)
-    os.replace(tmp, path)
-
-
-def read_json(path: str, default: Any = None) -> Any:
-    """Reads JSON written by `write_json`, or `default` when absent."""
-    if not os.path.exists(path):
-        return default
-    with open(path) as f:
-        return json.load(f)

@@ -11,7 +11,8 @@ Writes DIR/results.json, DIR/per_image.jsonl (as it goes; a rerun resumes), tabl
 from absl import app, flags
 from ml_collections import config_flags
 
-from cxr_jax import evaluation, runtime
+from cxr_jax import evaluation
+from experiments import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A training workdir.", required=True)
@@ -21,7 +22,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/evaluat
 
 def main(argv):
     del argv
-    runtime.setup()
+    common.setup()
     results = evaluation.evaluate_checkpoint(_WORKDIR.value, _CHECKPOINT.value, _CONFIG.value)
     for method, value in sorted(results["pointing_game"].items(), key=lambda kv: -kv[1]):
         print(f"{method:24s} pointing game {value:.3f}")

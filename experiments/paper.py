@@ -12,7 +12,8 @@ Writes DIR/table.md, DIR/table.csv, DIR/results.json, per-model training and eva
 from absl import app, flags
 from ml_collections import config_flags
 
-from cxr_jax import paper, runtime
+from cxr_jax import paper
+from experiments import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A paper comparison config.",
@@ -21,7 +22,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "A paper comparison co
 
 def main(argv):
     del argv
-    runtime.setup()
+    common.setup()
     paper.run(_WORKDIR.value, _CONFIG.value)
     with open(f"{_WORKDIR.value}/table.md") as f:
         print(f.read())

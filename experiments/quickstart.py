@@ -8,7 +8,8 @@ Writes DIR/results.json and DIR/index.html; a second run with the same --workdir
 from absl import app, flags
 from ml_collections import config_flags
 
-from cxr_jax import quickstart, runtime
+from cxr_jax import quickstart
+from experiments import common
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "Output directory (resumes).")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -21,7 +22,7 @@ _EXPLAIN = flags.DEFINE_bool("explain", True, "Explain and score after training.
 
 def main(argv):
     del argv
-    runtime.setup()
+    common.setup()
     results = quickstart.run(_WORKDIR.value, _CONFIG.value,
                              _EVAL.value if _EXPLAIN.value else None)
     worst = min(results["auroc"].items(), key=lambda kv: kv[1])

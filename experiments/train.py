@@ -10,9 +10,8 @@ checkpoints under DIR/checkpoints (periodic) and DIR/best (best held-out score).
 from absl import app, flags
 from ml_collections import config_flags
 
-from cxr_jax import runtime
-from cxr_jax.data import datasets
 from cxr_jax import training
+from experiments import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (resumes if it has a "
                                "checkpoint).", required=True)
@@ -23,12 +22,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 
 def main(argv):
     del argv
-    runtime.setup()
-    config = _CONFIG.value
-    data = datasets.build(config)
-    with config.unlocked():
-        config.loss = config.loss or data.loss
-    results = training.train(config, _WORKDIR.value, data.train, data.eval, data.label_names)
+    common.setup()
+    results = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value).results
     metric = results.get("auroc") or results.get("accuracy") or results.get("mae")
     print(f"done: {metric}  ({results['train_seconds']:.0f} s)")
 

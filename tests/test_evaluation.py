@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cxr_jax import evaluation, metrics, models
+from cxr_jax.report import tables
 
 
 def _row(i, finding, pg, box=(0, 0, 4, 4), gt=(0, 0, 4, 4)):
@@ -36,13 +37,6 @@ def test_summary_none_values_are_ignored_not_zero():
     rows = [_row(0, "a", 1.0), _row(1, "a", None)]
     s = evaluation.summarise(rows, ["a"], ["m"])
     assert s["pointing_game"]["m"] == 1.0
-
-
-def test_box_of_mask():
-    m = np.zeros((8, 8), bool)
-    m[2:4, 3:7] = True
-    np.testing.assert_array_equal(evaluation.box_of_mask(m), [3, 2, 7, 4])
-    assert np.isnan(evaluation.box_of_mask(np.zeros((4, 4), bool))).all()
 
 
 def _toy(n=6, size=32):
@@ -84,7 +78,8 @@ def test_run_resumes_and_skips_bad_images(tmp_path):
     with open(tmp_path / "per_image.jsonl") as f:
         assert len(f.readlines()) == len(rows)
     assert out2["pointing_game"] == out["pointing_game"]
-    paths = evaluation.write_tables(str(tmp_path), out, ["a", "b"])
+    paths = tables.write_metric_tables(str(tmp_path), out["table"], ["a", "b"],
+                                       evaluation.METRICS)
     assert os.path.join(str(tmp_path), "table_pointing_game.md") in paths
     with open(tmp_path / "table_pointing_game.csv") as f:
         header = f.readline().strip().split(",")
@@ -170,8 +165,31 @@ def test_evaluate_checkpoint_end_to_end_writes_results_report_and_noise_check(tm
     model, variables, _, names = training.load_trained(tdir)
     stats = {l: attribution.load_iba_stats(os.path.join(edir, f"iba_stats_{l}.npz"))
              for l in res["iba_noise"]}
-    again = evaluation.iba_noise_check(model, variables, stats, names)
+    again = attribution.noise_check(model, variables, stats.values(), names)
     assert flat(again) == pytest.approx(flat(res["iba_noise"]), rel=1e-5)
     assert all(0 <= v <= 1 for v in flat(again).values())
     with open(os.path.join(edir, "index.html")) as f:
         assert "IBA noise check" in f.read()
+
+
+def test_a_method_giving_nan_maps_scores_nan_not_hits(tmp_path):
+    """NaN weights make every map NaN: each metric of those images is NaN (the run goes on),
+    the method's pointing game is undefined, and the centre baseline is unaffected."""
+    model = models.get("resnet_tiny", num_classes=2)
+    images, masks, labels = _toy(n=4)
+    masks[:] = True  # any point would hit
+    variables = model.init(jax.random.key(0), images[:1])
+    params = jax.tree_util.tree_map(lambda a: a * jnp.nan, variables["params"])
+    variables = {**variables, "params": params}
+    spec = evaluation.Spec(methods={"gradient": ("gradient", {})}, tolerance=2.0, batch_size=4,
+                           pixels_per_step=64, sensitivity_num_n=0)
+    out = evaluation.run(str(tmp_path), model, variables, images, masks, labels, ["a", "b"],
+                         spec, progress=False)
+    with open(tmp_path / "per_image.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert rows and all(r["gradient"]["nan_map"] for r in rows)
+    assert all(r["gradient"]["pointing_game"] is None for r in rows)
+    assert all(r["gradient"]["box_iou"] is None and r["gradient"]["insertion"] is None
+               for r in rows)
+    assert math.isnan(out["pointing_game"]["gradient"])
+    assert out["pointing_game"]["centre"] == 1.0

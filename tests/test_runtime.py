@@ -1,7 +1,5 @@
 """Process set-up helpers (cxr_jax.runtime)."""
 
-import json
-import os
 import subprocess
 import sys
 
@@ -41,12 +39,3 @@ def test_keep_freed_memory_keeps_large_blocks_for_reuse():
     _, default_release = released("default")
     assert default_release > 150          # unmapped at once
     assert kept_release < 50              # kept
-
-
-def test_write_json_is_atomic_and_read_json_defaults(tmp_path):
-    path = str(tmp_path / "r.json")
-    assert runtime.read_json(path, {"a": 1}) == {"a": 1}
-    runtime.write_json(path, {"x": float("nan"), "y": [1, 2]})
-    assert not os.path.exists(path + ".tmp")
-    with open(path) as f:
-        assert json.load(f)["y"] == [1, 2]

@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from typing import Any, Mapping
 
 import numpy as np
 
 from cxr_jax.data import phantoms
 from cxr_jax.data.loader import ArraySource
+from cxr_jax.data.types import Dataset, LocalisationSet
 
 NAMES = ("phantoms", "phantoms_severity", "nih", "chexpert", "object_cxr", "brixia")
-
-
-@dataclasses.dataclass
-class Dataset:
-    """A training source, held-out arrays and what the labels mean.
-
-    Attributes:
-      train: Grain random-access source of {"image", "labels"} rows.
-      eval: {"image": [N,H,W,1], "labels": [N,K]} held-out arrays (plus "masks" for phantoms).
-      label_names: names of the K labels.
-      loss: the natural loss ("bce" multi-label, "mse" severity regression).
-      extra: dataset-specific arrays (phantom masks, concepts, severity) for evaluation.
-    """
-
-    train: Any
-    eval: Mapping[str, np.ndarray]
-    label_names: tuple[str, ...]
-    loss: str
-    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 _CHUNK = 2048
@@ -89,43 +69,35 @@ def build(config) -> Dataset:
     raise ValueError(f"Unknown dataset {config.dataset!r}: use one of {', '.join(NAMES)}.")
 
 
-@dataclasses.dataclass
-class LocalisationSet:
-    """Images with per-finding ground-truth regions, for scoring explanations.
-
-    Attributes:
-      images: [N, H, W, 1] float32 (model input convention).
-      masks: [N, K, H, W] bool regions (all False where a dataset has none, e.g. BrixIA).
-      labels: [N, K]; an image is explained for finding k where labels[n, k] == 1.
-      names: the K finding names (matching the model's outputs).
-      ids: [N] identifiers (row numbers or file names) for the report.
-      require_mask: only explain images whose mask for the finding is non-empty.
-      skipped: [(id, reason)] images that could not be read.
-    """
-
-    images: np.ndarray
-    masks: np.ndarray
-    labels: np.ndarray
-    names: tuple[str, ...]
-    ids: list
-    require_mask: bool = True
-    skipped: list = dataclasses.field(default_factory=list)
+def _held_out_phantoms(config, data: Dataset | None) -> phantoms.PhantomBatch:
+    """The first `config.num_test` held-out phantoms: taken from those `data` already holds
+    (the same pixels: phantoms are a function of seed and index), or rendered."""
+    held = data.extra.get("test") if data is not None else None
+    if held is not None and len(held.images) >= config.num_test:
+        return phantoms.first(held, config.num_test)
+    return phantoms.generate(config.num_test, image_size=config.image_size,
+                             seed=config.seed * 2 + 2)
 
 
-def localisation_set(config, label_names) -> LocalisationSet:
+def localisation_set(config, label_names, data: Dataset | None = None) -> LocalisationSet:
     """Held-out images with ground truth: phantom masks, NIH boxes, Object-CXR shapes, or
-    BrixIA images (no regions: faithfulness metrics only)."""
+    BrixIA images (no regions: faithfulness metrics only).
+
+    Args:
+      config: a training config (dataset, data_dir, image_size, num_test, seed).
+      label_names: the model's output names.
+      data: the `Dataset` built from the same config, when at hand: its held-out phantoms are
+        reused instead of rendered again.
+    """
     if config.dataset == "phantoms":
-        te = phantoms.generate(config.num_test, image_size=config.image_size,
-                               seed=config.seed * 2 + 2)
+        te = _held_out_phantoms(config, data)
         if tuple(te.finding_names) != tuple(label_names):
             raise ValueError(f"Model labels {label_names} do not match phantom findings "
                              f"{te.finding_names}.")
         return LocalisationSet(te.images, te.masks, te.labels, tuple(te.finding_names),
                                list(range(len(te.images))))
     if config.dataset == "phantoms_severity":
-        te = phantoms.generate(config.num_test, image_size=config.image_size,
-                               seed=config.seed * 2 + 2)
+        te = _held_out_phantoms(config, data)
         k = list(te.finding_names).index("opacity")
         return LocalisationSet(te.images, te.masks[:, k:k + 1], te.labels[:, k:k + 1],
                                tuple(label_names), list(range(len(te.images))))
@@ -167,3 +139,20 @@ def localisation_set(config, label_names) -> LocalisationSet:
         raise ValueError(f"No readable images with ground truth under {root!r}.")
     return LocalisationSet(np.stack(xs), np.stack(ms), np.stack(ls), names, ids,
                            require_mask=config.dataset != "brixia", skipped=skipped)
+
+
+def estimation_images(config, n: int, data: Dataset | None = None) -> np.ndarray:
+    """Up to `n` readable training images of `config`'s dataset, [n, H, W, 1]: what statistics
+    of the training distribution (IBA's feature statistics) are estimated from.
+
+    Phantoms are the first n of the training seed (rendered, or taken from `data` when given:
+    the same pixels); a real dataset's are the first n readable items of its training source.
+    """
+    if data is not None:
+        train = data.train
+    elif config.dataset.startswith("phantoms"):
+        return phantoms.generate(n, image_size=config.image_size, seed=config.seed * 2 + 1).images
+    else:
+        train = build(config).train
+    items = (train[i] for i in range(min(n, len(train))))
+    return np.stack([it["image"] for it in items if it.get("valid", True)])

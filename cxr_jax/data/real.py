@@ -21,8 +21,8 @@ import os
 import numpy as np
 
 from cxr_jax.data import records
-from cxr_jax.data.datasets import Dataset
 from cxr_jax.data.loader import RecordSource
+from cxr_jax.data.types import Dataset
 
 
 def _first_existing(folder: str, names) -> str:

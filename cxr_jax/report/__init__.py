@@ -1,6 +1,15 @@
-"""Figures (matplotlib, headless) and the self-contained HTML report of an experiment."""
+"""All report writing: figures (matplotlib, headless), tables and the static HTML page.
 
+  figures   training curves, labelled matrices, saliency overlays (PNG, written atomically)
+  tables    Markdown / CSV / HTML tables with one number format
+  html      index.html from (heading, body) sections
+  sections  the sections studies share (pointing game, metric tables, agreement, noise check)
+"""
+
+from cxr_jax.report import sections, tables
 from cxr_jax.report.figures import save_curves, save_matrix, save_overlays
-from cxr_jax.report.html import table_html, write_index
+from cxr_jax.report.html import image, write_index
+from cxr_jax.report.tables import html as table_html
 
-__all__ = ["save_curves", "save_matrix", "save_overlays", "table_html", "write_index"]
+__all__ = ["image", "save_curves", "save_matrix", "save_overlays", "sections", "table_html",
+           "tables", "write_index"]

@@ -10,6 +10,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cxr_jax.common.files import atomic_path  # noqa: E402
+
+
+def save(fig, path: str, dpi: int = 100) -> str:
+    """Writes a figure as PNG atomically and closes it; returns `path`."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return path
+
 
 def save_curves(history: Sequence[Mapping], path: str, *, per_label_key: str = "auroc") -> str:
     """Training loss and per-label held-out metric against step."""
@@ -24,9 +34,7 @@ def save_curves(history: Sequence[Mapping], path: str, *, per_label_key: str = "
         axes[1].set(xlabel="step", ylabel=per_label_key.upper(), title="Held-out " + per_label_key)
         axes[1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def save_matrix(matrix: np.ndarray, names: Sequence[str], path: str, *, title: str = "",
@@ -45,9 +53,7 @@ def save_matrix(matrix: np.ndarray, names: Sequence[str], path: str, *, title: s
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def save_overlays(images: np.ndarray, maps: Mapping[str, np.ndarray], path: str, *,
@@ -89,6 +95,4 @@ def save_overlays(images: np.ndarray, maps: Mapping[str, np.ndarray], path: str,
         if row_titles is not None:
             axes[i, 0].set_ylabel(row_titles[i], fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=90)

@@ -9,10 +9,11 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,8 @@ import numpy as np
 from absl import logging
 
 from cxr_jax import metrics, models, runtime
+from cxr_jax.common.files import read_json, write_json
+from cxr_jax.common.progress import progress as progress_bar
 from cxr_jax.data.loader import make_loader
 from cxr_jax.training.checkpoint import Checkpointer
 from cxr_jax.training.steps import (TrainState, create_state, make_eval_step, make_mesh,
@@ -58,9 +61,63 @@ def evaluate(eval_fn, variables, eval_arrays: Mapping[str, np.ndarray], label_na
     return {"mae": float(metrics.mae(scores[:, 0], labels.reshape(len(labels), -1)[:, 0]))}
 
 
-def train(config, workdir: str, train_source, eval_arrays: Mapping[str, np.ndarray],
-          label_names: Sequence[str], *, progress: bool = True) -> dict:
-    """Trains (or resumes) and returns the results dict written to `workdir/results.json`.
+class Trained(NamedTuple):
+    """A finished (or resumed-and-finished) training run: the model, its final variables (in
+    memory, nothing reloaded) and the results dict written to results.json."""
+
+    model: models.Model
+    variables: dict
+    results: dict
+
+
+def _score_of(ev: Mapping) -> float:
+    """Higher is better, for the best-so-far checkpoint."""
+    if "mean_auroc" in ev:
+        return ev["mean_auroc"]
+    if "accuracy" in ev:
+        return ev["accuracy"]
+    return -ev["mae"]
+
+
+def _optimizer(config):
+    return make_optimizer(name=config.optimizer, learning_rate=config.learning_rate,
+                          total_steps=config.steps, warmup_steps=config.warmup_steps,
+                          weight_decay=config.weight_decay, schedule=config.schedule)
+
+
+def _steps(config, model: models.Model):
+    """(optimizer, mesh, jitted train step, jitted eval step, per-process batch size)."""
+    tx = _optimizer(config)
+    mesh = make_mesh()
+    n_dev = len(mesh.local_devices)
+    if config.batch_size % (n_dev * jax.process_count()):
+        raise ValueError(f"batch_size {config.batch_size} must be divisible by the "
+                         f"{n_dev * jax.process_count()} devices.")
+    weights = config.get("class_weights", None)
+    train_step = jax.jit(make_train_step(model, tx, loss=config.loss,
+                                         class_weights=None if weights is None
+                                         else jnp.asarray(weights),
+                                         label_smoothing=config.get("label_smoothing", 0.0)),
+                         donate_argnums=0)
+    eval_fn = jax.jit(make_eval_step(model, loss=config.loss))
+    return tx, mesh, train_step, eval_fn, config.batch_size // jax.process_count()
+
+
+def _restore(ckpt: Checkpointer, state: TrainState, it, workdir: str):
+    """(state, extras) of the last checkpoint, with the data iterator moved to its position;
+    the fresh state and empty extras when there is none."""
+    restored = ckpt.restore(state)
+    if restored is None:
+        return state, {"history": [], "train_seconds": 0.0, "iterator": None}
+    state, extras = restored
+    it.set_state(extras["iterator"].encode())
+    logging.info("Resumed from step %d in %s", int(state.step), workdir)
+    return state, extras
+
+
+def fit(config, workdir: str, train_source, eval_arrays: Mapping[str, np.ndarray],
+        label_names: Sequence[str], *, progress: bool = True) -> Trained:
+    """Trains (or resumes) until `config.steps`; returns the model, its variables and results.
 
     Args:
       config: ml_collections.ConfigDict with model, loss, steps, batch_size, learning_rate,
@@ -72,64 +129,29 @@ def train(config, workdir: str, train_source, eval_arrays: Mapping[str, np.ndarr
       eval_arrays: {"image": [N,H,W,1], "labels": [N,K] or [N]} held-out data.
       label_names: names of the K outputs.
     Returns:
-      {"auroc" | "accuracy" | "mae": ..., "history": [...], "train_seconds", "resumed_from_step",
-       "steps", "checkpoint": path of the final checkpoint}.
+      `Trained(model, variables, results)`; results: {"auroc" | "accuracy" | "mae": ...,
+      "history": [...], "train_seconds", "resumed_from_step", "steps", "model", "checkpoint"}.
     """
     os.makedirs(workdir, exist_ok=True)
     if runtime.is_writer():
-        runtime.write_json(os.path.join(workdir, "config.json"),
-                           {"config": config.to_dict(), "label_names": list(label_names)})
-    num_classes = 1 if config.loss == "mse" else len(label_names)
-    model = build_model(config, num_classes)
-    tx = make_optimizer(name=config.optimizer, learning_rate=config.learning_rate,
-                        total_steps=config.steps, warmup_steps=config.warmup_steps,
-                        weight_decay=config.weight_decay, schedule=config.schedule)
-    mesh = make_mesh()
-    n_dev = len(mesh.local_devices)
-    if config.batch_size % (n_dev * jax.process_count()):
-        raise ValueError(f"batch_size {config.batch_size} must be divisible by the "
-                         f"{n_dev * jax.process_count()} devices.")
-    local_batch = config.batch_size // jax.process_count()
-    weights = config.get("class_weights", None)
-    train_step = jax.jit(make_train_step(model, tx, loss=config.loss,
-                                         class_weights=None if weights is None
-                                         else jnp.asarray(weights),
-                                         label_smoothing=config.get("label_smoothing", 0.0)),
-                         donate_argnums=0)
-    eval_fn = jax.jit(make_eval_step(model, loss=config.loss))
-
+        write_json(os.path.join(workdir, "config.json"),
+                   {"config": config.to_dict(), "label_names": list(label_names)})
+    model = build_model(config, 1 if config.loss == "mse" else len(label_names))
+    tx, mesh, train_step, eval_fn, local_batch = _steps(config, model)
     state = create_state(model, tx, image_size=config.image_size, seed=config.seed)
     ckpt = Checkpointer(workdir, keep=2, best_metric="score", best_mode="max")
-    loader = make_loader(train_source, batch_size=local_batch, seed=config.seed)
-    it = iter(loader)
-    extras = {"history": [], "train_seconds": 0.0, "iterator": None}
-    resumed_from = 0
-    restored = ckpt.restore(state)
-    if restored is not None:
-        state, extras = restored
-        it.set_state(extras["iterator"].encode())
-        resumed_from = int(state.step)
-        logging.info("Resumed from step %d in %s", resumed_from, workdir)
+    it = iter(make_loader(train_source, batch_size=local_batch, seed=config.seed))
+    state, extras = _restore(ckpt, state, it, workdir)
+    resumed_from = int(state.step)
     state = replicate(state, mesh)
-
-    def score_of(ev):  # higher is better, for the best-so-far checkpoint
-        if "mean_auroc" in ev:
-            return ev["mean_auroc"]
-        if "accuracy" in ev:
-            return ev["accuracy"]
-        return -ev["mae"]
-
-    start_step = int(state.step)
-    t0 = time.perf_counter()
-    elapsed0 = float(extras["train_seconds"])
-    bar = None
-    if progress and runtime.is_writer():
-        from tqdm import tqdm
-        bar = tqdm(total=config.steps, initial=start_step, desc="train", unit="step",
-                   dynamic_ncols=True)
-    losses = []
-    history = list(extras["history"])
-    for step in range(start_step + 1, config.steps + 1):
+    evaluate_now = functools.partial(evaluate, eval_fn, eval_arrays=eval_arrays,
+                                     label_names=label_names, loss=config.loss,
+                                     batch_size=config.eval_batch_size, mesh=mesh)
+    t0, elapsed0 = time.perf_counter(), float(extras["train_seconds"])
+    bar = (progress_bar(config.steps, desc="train", unit="step", initial=int(state.step))
+           if progress and runtime.is_writer() else None)
+    losses, history = [], list(extras["history"])
+    for step in range(int(state.step) + 1, config.steps + 1):
         batch = next(it)
         state, m = train_step(state, *shard_batch((batch["image"], batch["labels"]), mesh))
         losses.append(m["loss"])
@@ -137,48 +159,59 @@ def train(config, workdir: str, train_source, eval_arrays: Mapping[str, np.ndarr
             bar.update(1)
         last = step == config.steps
         if step % config.eval_every == 0 or last:
-            ev = evaluate(eval_fn, state.variables, eval_arrays, label_names, config.loss,
-                          batch_size=config.eval_batch_size, mesh=mesh)
+            ev = evaluate_now(state.variables)
             ev["step"] = step
             ev["train_loss"] = float(jnp.mean(jnp.stack(losses)))  # one host sync per eval
             losses = []
             history.append(ev)
             if bar is not None:
-                bar.set_postfix(loss=f"{ev['train_loss']:.3f}", score=f"{score_of(ev):.3f}")
+                bar.set_postfix(loss=f"{ev['train_loss']:.3f}", score=f"{_score_of(ev):.3f}")
             logging.info("step %d: %s", step, {k: v for k, v in ev.items() if k != "auroc"})
         if step % config.checkpoint_every == 0 or last:
             extras = {"history": history, "iterator": it.get_state().decode(),
                       "train_seconds": elapsed0 + time.perf_counter() - t0}
             ckpt.save(step, state, extras)
             if history and history[-1]["step"] == step:
-                ckpt.save_best(step, state, extras, {"score": score_of(history[-1])})
+                ckpt.save_best(step, state, extras, {"score": _score_of(history[-1])})
             if config.get("kill_at_step", 0) == step:
                 os.kill(os.getpid(), signal.SIGKILL)
     if bar is not None:
         bar.close()
     ckpt.wait()
-    final = history[-1] if history else evaluate(
-        eval_fn, state.variables, eval_arrays, label_names, config.loss,
-        batch_size=config.eval_batch_size, mesh=mesh)
+    final = history[-1] if history else evaluate_now(state.variables)
     results = {k: v for k, v in final.items() if k not in ("step", "train_loss")}
-    results.update({
-        "history": history,
-        "train_seconds": elapsed0 + time.perf_counter() - t0,
-        "resumed_from_step": resumed_from,
-        "steps": config.steps,
-        "model": config.model,
-        "checkpoint": os.path.join(os.path.abspath(workdir), "checkpoints"),
-    })
+    results.update(history=history, train_seconds=elapsed0 + time.perf_counter() - t0,
+                   resumed_from_step=resumed_from, steps=config.steps, model=config.model,
+                   checkpoint=os.path.join(os.path.abspath(workdir), "checkpoints"))
     if runtime.is_writer():
-        runtime.write_json(os.path.join(workdir, "results.json"), results)
+        write_json(os.path.join(workdir, "results.json"), results)
     ckpt.close()
-    return results
+    return Trained(model, state.variables, results)
+
+
+def train(config, workdir: str, train_source, eval_arrays: Mapping[str, np.ndarray],
+          label_names: Sequence[str], *, progress: bool = True) -> dict:
+    """Trains (or resumes) and returns the results dict written to `workdir/results.json`
+    (`fit` without the model and variables)."""
+    return fit(config, workdir, train_source, eval_arrays, label_names,
+               progress=progress).results
+
+
+def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> Trained:
+    """The training study: builds `config.dataset` (`cxr_jax.data.datasets.build`), takes its
+    natural loss unless `config.loss` names one, and trains into `workdir` (resumable)."""
+    from cxr_jax.data import datasets
+
+    data = datasets.build(config)
+    with config.unlocked():
+        config.loss = config.loss or data.loss
+    return fit(config, workdir, data.train, data.eval, data.label_names, progress=progress)
 
 
 def load_trained(workdir: str, *, best: bool = False):
     """(model, variables, config, label_names) from a training workdir's latest (or best)
     checkpoint; the config and label names are read from the `config.json` training wrote."""
-    saved = runtime.read_json(os.path.join(workdir, "config.json"))
+    saved = read_json(os.path.join(workdir, "config.json"))
     if saved is None:
         raise ValueError(f"No config.json in {workdir!r}: is it a training workdir? Train first "
                          "(experiments.train or experiments.quickstart with this --workdir).")
@@ -188,10 +221,8 @@ def load_trained(workdir: str, *, best: bool = False):
     label_names = tuple(saved["label_names"])
     num_classes = 1 if config.loss == "mse" else len(label_names)
     model = build_model(config, num_classes)
-    tx = make_optimizer(name=config.optimizer, learning_rate=config.learning_rate,
-                        total_steps=config.steps, warmup_steps=config.warmup_steps,
-                        weight_decay=config.weight_decay, schedule=config.schedule)
-    template = create_state(model, tx, image_size=config.image_size, seed=config.seed)
+    template = create_state(model, _optimizer(config), image_size=config.image_size,
+                            seed=config.seed)
     ckpt = Checkpointer(workdir, best_metric="score")
     restored = ckpt.restore(template, best=best)
     ckpt.close()

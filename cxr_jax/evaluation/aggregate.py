@@ -1,0 +1,62 @@
+"""Per-image rows -> the tables a report shows: means per method and finding, the class-mean
+and pooled pointing game, and the agreement matrix between methods."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from cxr_jax import metrics
+from cxr_jax.report.tables import nanmean
+
+METRICS = ("pointing_game", "box_iou", "ehr", "insertion", "deletion", "sensitivity_n")
+
+
+def _as_boxes(values) -> np.ndarray:
+    return np.array([[np.nan if c is None else c for c in v] for v in values],
+                    float).reshape(-1, 4)
+
+
+def _agreement(rows: Sequence[dict], methods: Sequence[str]) -> dict:
+    """Box IoU between every pair of methods (ground truth as the last row) over the rows that
+    every method scored."""
+    with_boxes = [m for m in methods if m != "centre"]
+    complete = [r for r in rows if all(m in r for m in with_boxes)]
+    names, matrix = [], np.zeros((0, 0))
+    if complete and with_boxes:
+        boxes = {m: _as_boxes([r[m]["box"] for r in complete]) for m in with_boxes}
+        gt = _as_boxes([r["gt_box"] for r in complete])
+        names, matrix = metrics.agreement_matrix(boxes, gt if np.isfinite(gt).any() else None)
+    return {"names": list(names), "matrix": np.asarray(matrix).tolist()}
+
+
+def summarise(rows: Sequence[dict], finding_names: Sequence[str], methods: Sequence[str]
+              ) -> dict:
+    """Aggregates per-image rows.
+
+    Returns:
+      {"pointing_game": {method: class-mean hit rate (mean over findings of the per-finding
+         rate, TorchRay's accuracy; `metrics.pointing_game_summary`)},
+       "pointing_game_pooled": {method: pooled rate},
+       "table": {method: {finding: {metric: mean}}}, "counts": {finding: images},
+       "agreement": {"names": [...], "matrix": [[...]]}} (box IoU between methods, ground truth
+       as the last row).
+    """
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    pg_class, pg_pooled = {}, {}
+    counts = {f: sum(r["finding"] == f for r in rows) for f in finding_names}
+    for m in methods:
+        table[m] = {}
+        hits = {}
+        for f in finding_names:
+            sub = [r[m] for r in rows if r["finding"] == f and m in r]
+            table[m][f] = {metric: nanmean([s.get(metric) for s in sub]) for metric in METRICS
+                           if any(metric in s for s in sub)}
+            if sub:
+                hits[f] = [np.nan if s.get("pointing_game") is None else s["pointing_game"]
+                           for s in sub]
+        pg = metrics.pointing_game_summary(hits)
+        pg_class[m], pg_pooled[m] = pg.accuracy, pg.pooled
+    return {"pointing_game": pg_class, "pointing_game_pooled": pg_pooled, "table": table,
+            "counts": counts, "agreement": _agreement(rows, methods)}

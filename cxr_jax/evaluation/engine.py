@@ -1,0 +1,267 @@
+"""The scoring engine: explain positives with every method, score each map, write rows.
+
+For every finding, the images that show it are explained with every method (target = that
+finding), and each map is scored against the finding's ground-truth region: pointing game,
+multi-Otsu box IoU, effective heat ratio, insertion and deletion AUC, and sensitivity-N. A
+centre-point baseline is scored beside the methods. Per-image results are appended to
+`per_image.jsonl` batch by batch as they come, so a killed run loses at most one batch and a
+rerun skips what is done; an image with NaN/Inf pixels, or a batch that fails, is reported and
+skipped without ending the run. A method whose map holds NaN scores NaN on that image, never
+a hit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import traceback
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cxr_jax import attribution, metrics
+from cxr_jax.common.progress import progress as progress_bar
+from cxr_jax.common.targets import pick
+from cxr_jax.evaluation.aggregate import METRICS, summarise
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """What to compute.
+
+    Attributes:
+      methods: {output name: (registered method, hparams)} (a `Prepared` method is such a pair);
+        one method may appear several times with different settings (e.g. NormGrad variants and
+        layers). Methods that need data-derived inputs (IBA statistics) must have them in their
+        hparams: get them with `cxr_jax.attribution.prepare_all`.
+      tolerance: pointing-game tolerance in pixels at this image size.
+      batch_size: images explained per compiled call.
+      max_per_finding: at most this many positive images per finding (None = all).
+      faithfulness: compute insertion/deletion AUC (costs about 2 * fraction * H * W /
+        pixels_per_step forward passes per image and method).
+      pixels_per_step, fraction, blur_sigma: insertion/deletion settings.
+      sensitivity_num_n, sensitivity_masks: sensitivity-N settings (0 disables it).
+      seed: PRNG seed for stochastic methods and sensitivity-N.
+      regression: the model is a regressor (e.g. a severity score): insertion and deletion
+        follow its raw output for the target (AUC in the output's units) instead of a sigmoid
+        probability, which a score of several units would saturate at 1.
+    """
+
+    methods: Mapping[str, tuple[str, Mapping[str, Any]]]
+    tolerance: float = 15.0
+    batch_size: int = 16
+    max_per_finding: int | None = None
+    faithfulness: bool = True
+    pixels_per_step: int = 25
+    fraction: float = 0.5
+    blur_sigma: float = 10.0
+    sensitivity_num_n: int = 50
+    sensitivity_masks: int = 30
+    seed: int = 0
+    regression: bool = False
+
+
+class Scorer:
+    """Jitted explainers and metric functions for one model; reused across batches and runs."""
+
+    def __init__(self, model, spec: Spec):
+        self.model = model
+        self.spec = spec
+        self.explain = {}
+        for out_name, (method, hp) in spec.methods.items():
+            fn = attribution.get(method)
+            self.explain[out_name] = jax.jit(functools.partial(self._call, fn, dict(hp)))
+        self._pg = jax.jit(functools.partial(metrics.pointing_game, tolerance=spec.tolerance))
+        curve = dict(baseline="blur", sigma=spec.blur_sigma, pixels_per_step=spec.pixels_per_step,
+                     fraction=spec.fraction)
+
+        def curve_target(t):  # class indices (sigmoid scores) or, for a regressor, raw outputs
+            return (lambda logits: pick(logits, t)) if spec.regression else t
+
+        self._ins = jax.jit(lambda v, x, s, t: metrics.insertion_auc(
+            model, v, x, s, curve_target(t), **curve))
+        self._del = jax.jit(lambda v, x, s, t: metrics.deletion_auc(
+            model, v, x, s, curve_target(t), **curve))
+        self._sens = jax.jit(lambda v, x, s, t, k: jnp.mean(metrics.sensitivity_n(
+            model, v, x, s, t, key=k, num_n=spec.sensitivity_num_n,
+            num_masks=spec.sensitivity_masks).correlation, axis=-1))
+
+    def _call(self, fn, hp, variables, x, targets, key):
+        return fn(self.model, variables, x, targets, key=key, **hp)
+
+    def maps(self, variables, x, targets, key) -> dict[str, jax.Array]:
+        """{method: raw maps [B, H, W]} for one batch; method i draws from fold_in(key, i)."""
+        x, t = jnp.asarray(x), jnp.asarray(targets, jnp.int32)
+        return {name: fn(variables, x, t, jax.random.fold_in(key, i))
+                for i, (name, fn) in enumerate(self.explain.items())}
+
+    def score(self, variables, x: np.ndarray, masks: np.ndarray, targets: np.ndarray,
+              key) -> dict[str, dict[str, np.ndarray]]:
+        """Per-image metric values for every method (and the centre baseline) on one batch."""
+        spec = self.spec
+        x = jnp.asarray(x)
+        t = jnp.asarray(targets, jnp.int32)
+        gt_boxes = np.stack([metrics.mask_box(m) for m in masks])
+        out = {"centre": {"pointing_game": np.asarray(
+            metrics.pointing_game_centre(masks, tolerance=spec.tolerance))}}
+        for i, (name, fn) in enumerate(self.explain.items()):
+            k = jax.random.fold_in(key, i)
+            raw = fn(variables, x, t, k).astype(jnp.float32)
+            out[name] = self._score_maps(variables, x, masks, t, k, raw, gt_boxes)
+        return out
+
+    def _score_maps(self, variables, x, masks, t, k, raw, gt_boxes) -> dict[str, np.ndarray]:
+        """Every metric of one method's maps; images whose map holds NaN score NaN."""
+        spec = self.spec
+        nan_map = np.asarray(jnp.any(jnp.isnan(raw), axis=(1, 2)))
+        sal = jnp.nan_to_num(raw)
+        sal_np = np.asarray(sal)
+        boxes = np.stack([metrics.boxes_from_saliency(s) for s in sal_np])
+        res = {
+            "pointing_game": np.asarray(self._pg(raw, jnp.asarray(masks))),
+            "box_iou": np.asarray(metrics.box_iou(boxes, gt_boxes)),
+            "ehr": np.asarray(metrics.effective_heat_ratio(sal_np, masks)),
+            "box": boxes,
+            "peak": np.asarray(metrics.saliency_peaks(sal)),
+        }
+        if spec.faithfulness:
+            res["insertion"] = np.asarray(self._ins(variables, x, sal, t))
+            res["deletion"] = np.asarray(self._del(variables, x, sal, t))
+        if spec.sensitivity_num_n > 0 and spec.sensitivity_masks > 0:
+            res["sensitivity_n"] = np.asarray(self._sens(variables, x, sal, t, k))
+        if nan_map.any():
+            for metric in METRICS:
+                if metric in res:
+                    res[metric] = np.where(nan_map, np.nan, res[metric].astype(float))
+            res["box"] = np.where(nan_map[:, None], np.nan, boxes)
+        res["nan_map"] = nan_map
+        return res
+
+
+# ------------------------------------------------------------------------------ rows on disk
+def _read_done(path: str) -> dict:
+    """Rows already written, keyed by (finding, id): a batch redone after a cut line replaces
+    its earlier rows instead of counting twice."""
+    rows = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill: redo its batch
+                    continue
+                rows[(row["finding"], row["id"])] = row
+    return rows
+
+
+def _end_cut_line(path: str) -> None:
+    """Ends a last line cut short by a kill, so the next row starts on its own line."""
+    if os.path.exists(path) and os.path.getsize(path):
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"
+        if cut:
+            with open(path, "a") as f:
+                f.write("\n")
+
+
+def _jsonable(v):
+    """Numpy values as JSON-ready Python values, NaN/Inf as null."""
+    if isinstance(v, (np.ndarray, np.generic)):
+        v = v.tolist()
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(a) for a in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _work(finite, masks, labels, finding_names, spec, require_mask, done) -> list:
+    """(finding index, finding, image ids) batches still to do, finding by finding."""
+    work = []
+    for k, name in enumerate(finding_names):
+        has_region = masks[:, k].reshape(len(masks), -1).any(1) | (not require_mask)
+        ids = np.nonzero((labels[:, k] == 1) & has_region & finite)[0]
+        if spec.max_per_finding is not None:
+            ids = ids[:spec.max_per_finding]
+        for start in range(0, len(ids), spec.batch_size):
+            batch = ids[start:start + spec.batch_size]
+            if not all((name, int(i)) in done for i in batch):
+                work.append((k, name, batch))
+    return work
+
+
+def run(workdir: str, model, variables, images: np.ndarray, masks: np.ndarray,
+        labels: np.ndarray, finding_names: Sequence[str], spec: Spec,
+        *, require_mask: bool = True, progress: bool = True,
+        scorer: Scorer | None = None) -> dict:
+    """Explains and scores every (positive image, finding) pair; resumable.
+
+    Args:
+      workdir: output folder; `per_image.jsonl` is appended to as batches finish.
+      model, variables: the classifier.
+      images: [N, H, W, C].
+      masks: [N, K, H, W] bool ground-truth regions per finding.
+      labels: [N, K]; an image is explained for finding k when labels[n, k] == 1 and its mask
+        is non-empty.
+      finding_names: K names.
+      spec: methods and metric settings.
+      require_mask: explain only images whose mask for the finding is non-empty (False for
+        datasets without regions, e.g. BrixIA: localisation metrics are then NaN).
+      scorer: a `Scorer(model, spec)` to reuse (its jitted functions are compiled once).
+    Returns:
+      The summary (see `summarise`) with "skipped", also written to workdir/evaluation.json.
+    """
+    from cxr_jax.common.files import write_json
+
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "per_image.jsonl")
+    rows = _read_done(path)
+    finite = np.isfinite(images.reshape(len(images), -1)).all(axis=1)
+    skipped = [{"id": int(i), "reason": "NaN or Inf pixels"} for i in np.nonzero(~finite)[0]]
+    for s in skipped:
+        logging.warning("Skipping image %d: %s", s["id"], s["reason"])
+    scorer = scorer if scorer is not None else Scorer(model, spec)
+    key = jax.random.key(spec.seed)
+    work = _work(finite, masks, labels, finding_names, spec, require_mask, set(rows))
+    bar = progress_bar(len(work), desc="explain+score", unit="batch") if progress and work \
+        else None
+    _end_cut_line(path)
+    with open(path, "a") as f:
+        for k, name, batch in work:
+            # Pad to the batch size (repeat the last image) so every call has one shape.
+            pad = np.concatenate([batch, np.repeat(batch[-1:], spec.batch_size - len(batch))])
+            try:
+                res = scorer.score(variables, images[pad], masks[pad, k],
+                                   np.full(len(pad), k), jax.random.fold_in(key, k * 100003
+                                                                            + int(batch[0])))
+            except Exception as err:  # one failing batch is reported, the run goes on
+                logging.error("Batch of %s (images %s) failed: %s\n%s", name, batch.tolist(),
+                              err, traceback.format_exc())
+                skipped += [{"id": int(i), "finding": name, "reason": str(err)} for i in batch]
+                continue
+            for j, i in enumerate(batch):
+                row = {"id": int(i), "finding": name,
+                       "gt_box": _jsonable(metrics.mask_box(masks[i, k]))}
+                for method, vals in res.items():
+                    row[method] = {m: _jsonable(v[j]) for m, v in vals.items()}
+                f.write(json.dumps(row) + "\n")
+                rows[(name, int(i))] = row
+            f.flush()
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    summary = summarise(list(rows.values()), finding_names, ["centre"] + list(spec.methods))
+    summary["skipped"] = skipped
+    write_json(os.path.join(workdir, "evaluation.json"), summary)
+    return summary

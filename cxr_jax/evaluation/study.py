@@ -1,0 +1,174 @@
+"""The evaluation study: explain held-out images of a trained model, score, report.
+
+`evaluate` works on a model in memory (the quickstart passes the one it just trained);
+`evaluate_checkpoint` loads one from a training workdir first. Both write results.json,
+evaluation.json, per_image.jsonl, table_<metric>.md/.csv, agreement.png, overlays.png and
+index.html into the workdir, and resume from it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cxr_jax import attribution, runtime
+from cxr_jax.common.files import write_json
+from cxr_jax.data.types import LocalisationSet
+from cxr_jax.evaluation import methods as method_sets
+from cxr_jax.evaluation.aggregate import METRICS
+from cxr_jax.evaluation.engine import Scorer, Spec, run
+from cxr_jax.report import figures, sections, tables, write_index
+
+
+def gallery(workdir: str, scorer: Scorer, variables, images, masks, labels, names,
+            *, per_finding: int = 1, file: str = "overlays.png") -> str | None:
+    """Overlays of every method's map on `per_finding` positive images of each finding."""
+    picks = []
+    for k in range(len(names)):
+        ids = np.nonzero((labels[:, k] == 1) & masks[:, k].reshape(len(masks), -1).any(1))[0]
+        picks += [(int(i), k) for i in ids[:per_finding]]
+    if not picks:
+        return None
+    ids = np.array([i for i, _ in picks])
+    ks = np.array([k for _, k in picks])
+    bs = scorer.spec.batch_size
+    pad = np.concatenate([np.arange(len(ids)), np.full((-len(ids)) % bs, len(ids) - 1)])
+    maps = {name: [] for name in scorer.explain}
+    for s in range(0, len(pad), bs):
+        sel = pad[s:s + bs]
+        x, t = jnp.asarray(images[ids[sel]]), jnp.asarray(ks[sel], jnp.int32)
+        for j, (name, fn) in enumerate(scorer.explain.items()):
+            maps[name].append(np.asarray(fn(variables, x, t, jax.random.key(j))))
+    maps = {n: np.concatenate(v)[:len(ids)] for n, v in maps.items()}
+    path = os.path.join(workdir, file)
+    figures.save_overlays(images[ids], maps, path, masks=masks[ids, ks],
+                          row_titles=[names[k] for k in ks])
+    return path
+
+
+def spec_from_config(cfg, methods: Mapping[str, Any], size: int, *, regression: bool) -> Spec:
+    """The engine's `Spec` from an evaluation config (experiments/configs/evaluate.py), with
+    tolerances and blur scaled from 224 px to `size`."""
+    pps = cfg.pixels_per_step
+    if cfg.curve_steps > 0:
+        pps = max(1, math.ceil(cfg.fraction * size * size / cfg.curve_steps))
+    return Spec(methods=methods, tolerance=cfg.tolerance_at_224 * size / 224,
+                batch_size=cfg.batch_size, max_per_finding=cfg.max_per_finding,
+                faithfulness=cfg.faithfulness, pixels_per_step=pps, fraction=cfg.fraction,
+                blur_sigma=cfg.blur_sigma * size / 224,
+                sensitivity_num_n=cfg.sensitivity_num_n, sensitivity_masks=cfg.sensitivity_masks,
+                seed=cfg.seed, regression=regression)
+
+
+def evaluate(workdir: str, model, variables, loc: LocalisationSet, cfg, *,
+             estimation_images: Callable[[], np.ndarray] | np.ndarray | None = None,
+             regression: bool = False, methods: Mapping[str, Any] | None = None,
+             setup: str = "", settings: Mapping[str, Any] | None = None,
+             progress: bool = True) -> dict:
+    """Explains `loc`'s positives with the chosen methods, scores them, writes the report.
+
+    Args:
+      workdir: output folder (a rerun resumes).
+      model, variables: the model to explain.
+      loc: held-out images with ground truth (`cxr_jax.data.datasets.localisation_set`).
+      cfg: an evaluation config (experiments/configs/evaluate.py).
+      estimation_images: training-distribution images for methods that need statistics (the
+        IBA family), an array or a callable returning one (called only if needed); None leaves
+        such methods out of the defaults.
+      regression: the model is a regressor.
+      methods: {output name: {"method": name, **hparams}} replacing the defaults (the papers'
+        configs use it for NormGrad variants and layer choices).
+      setup: an HTML paragraph describing the model and data, for the report.
+      settings: more entries for results["settings"] (e.g. the model and dataset names).
+    Returns:
+      {"pointing_game": {method: value, ..., "centre": value}, "pointing_game_pooled",
+      "table", "agreement", "counts", "skipped", "settings", and, when methods with statistics
+      ran, "iba_noise": {layer: {finding: score}}}.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    size = loc.images.shape[1]
+    with_data = estimation_images is not None and cfg.iba_samples > 0
+    if methods is None:
+        methods = method_sets.default_methods(fast=cfg.fast, regression=regression,
+                                              cam_layer=cfg.get("cam_layer") or None,
+                                              with_needs=with_data)
+    methods = method_sets.select(methods, cfg.methods)
+    prepared = attribution.prepare_all(methods, model, variables,
+                                       estimation_images if with_data else None,
+                                       cache=attribution.Cache(workdir))
+    spec = spec_from_config(cfg, prepared, size, regression=regression)
+    scorer = Scorer(model, spec)
+    summary = run(workdir, model, variables, loc.images, loc.masks, loc.labels, loc.names, spec,
+                  require_mask=loc.require_mask, progress=progress, scorer=scorer)
+    summary["skipped"] += [{"id": p, "reason": r} for p, r in loc.skipped]
+    results = {key: summary[key] for key in ("pointing_game", "pointing_game_pooled", "table",
+                                             "agreement", "counts", "skipped")}
+    results["settings"] = {**(settings or {}), "image_size": size,
+                           "tolerance_px": spec.tolerance, "pixels_per_step": spec.pixels_per_step,
+                           "methods": method_sets.settings(prepared)}
+    stats = attribution.data_inputs(prepared.values()).get("stats", [])
+    if stats:
+        results["iba_noise"] = attribution.noise_check(model, variables, stats, loc.names,
+                                                       regression=regression)
+    if runtime.is_writer():
+        _write_report(workdir, results, summary, loc, scorer, variables, cfg, setup,
+                      regression)
+    return results
+
+
+def _write_report(workdir, results, summary, loc, scorer, variables, cfg, setup, regression):
+    write_json(os.path.join(workdir, "results.json"), results)
+    tables.write_metric_tables(workdir, summary["table"], loc.names, METRICS)
+    gallery(workdir, scorer, variables, loc.images, loc.masks, loc.labels, loc.names,
+            per_finding=cfg.gallery_per_finding)
+    page = [("Setup", f"<p>{setup} Pointing-game tolerance {results['settings']['tolerance_px']:.1f}"
+                      f" px; images per finding: {summary['counts']}.</p>")]
+    page += report_sections(workdir, results, loc.names, regression=regression)
+    write_index(workdir, "cxr_jax evaluation", page)
+
+
+def report_sections(workdir: str, results: Mapping, findings, *, regression: bool,
+                    prefix: str = "") -> list[tuple[str, str]]:
+    """The evaluation's report sections; `prefix` is the workdir relative to the page."""
+    out = sections.evaluation(results, findings, METRICS, workdir, prefix)
+    if "iba_noise" in results:
+        out.append(sections.noise_check(results["iba_noise"], regression))
+    out.append(sections.figure("Overlays (green: ground truth)", prefix + "overlays.png"))
+    return out
+
+
+def evaluate_checkpoint(workdir: str, checkpoint: str, cfg, *, methods=None,
+                        progress: bool = True) -> dict:
+    """Loads a trained model, explains held-out images with the chosen methods, scores them and
+    writes the report (see `evaluate`) into `workdir`. Resumable.
+
+    Args:
+      workdir: output folder.
+      checkpoint: a training workdir (experiments.train / quickstart).
+      cfg: an evaluation config (experiments/configs/evaluate.py): the dataset and data_dir
+        default to the training run's.
+      methods: optional {output name: {"method": name, **hparams}} replacing the defaults.
+    Returns:
+      The results dict of `evaluate`, with the model and dataset in "settings".
+    """
+    from cxr_jax import training
+    from cxr_jax.data import datasets
+
+    model, variables, tcfg, names = training.load_trained(checkpoint)
+    data_cfg = tcfg.copy_and_resolve_references()
+    with data_cfg.unlocked():
+        data_cfg.dataset = cfg.dataset or tcfg.dataset
+        data_cfg.data_dir = cfg.data_dir or tcfg.data_dir
+        data_cfg.num_test = cfg.num_test
+    loc = datasets.localisation_set(data_cfg, names)
+    size = loc.images.shape[1]
+    return evaluate(
+        workdir, model, variables, loc, cfg, regression=tcfg.loss == "mse", methods=methods,
+        estimation_images=lambda: datasets.estimation_images(data_cfg, cfg.iba_samples),
+        setup=f"Model {tcfg.model} from {checkpoint}, {data_cfg.dataset} at {size}px.",
+        settings={"model": tcfg.model, "dataset": data_cfg.dataset}, progress=progress)
