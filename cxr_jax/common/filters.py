@@ -71,7 +71,11 @@ def separable(x, mh: np.ndarray, mw: np.ndarray, axes: tuple[int, int] = (-2, -1
     x = jnp.asarray(x)
     if dtype is None:
         dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
-    x = x.astype(dtype)
     ah, aw = (a % x.ndim for a in axes)
-    y = jnp.moveaxis(jnp.tensordot(jnp.asarray(mh, dtype), x, axes=((1,), (ah,))), 0, ah)
-    return jnp.moveaxis(jnp.tensordot(jnp.asarray(mw, dtype), y, axes=((1,), (aw,))), 0, aw)
+    # Two einsums, one per axis (the contraction order XLA is given decides the last bits of
+    # float32 results, so this stays the formulation the library's filters always used).
+    letters = "abcdefghmnopqrstuvwxyz"[:x.ndim]
+    y = jnp.einsum(f"Y{letters[ah]},{letters}->{letters.replace(letters[ah], 'Y')}",
+                   jnp.asarray(mh, dtype), x.astype(dtype))
+    return jnp.einsum(f"Z{letters[aw]},{letters}->{letters.replace(letters[aw], 'Z')}",
+                      jnp.asarray(mw, dtype), y)
