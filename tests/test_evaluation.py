@@ -136,7 +136,7 @@ def test_regression_insertion_deletion_follow_the_raw_output():
 def test_evaluate_checkpoint_end_to_end_writes_results_report_and_noise_check(tmp_path):
     """A tiny trained checkpoint through evaluate_checkpoint: the files the issue names, the
     centre baseline beside the methods, and the IBA noise check for exactly the layers the IBA
-    methods use, equal to iba_noise_check recomputed from the cached statistics."""
+    methods use, equal to attribution.noise_check recomputed from the cached statistics."""
     import ml_collections
     from cxr_jax import attribution, training
     from cxr_jax.data import datasets
