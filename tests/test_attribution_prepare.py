@@ -35,7 +35,8 @@ def _setup():
 def test_registry_declares_layers_needs_and_tasks():
     assert attribution.info("iba").needs.keyword == "stats"
     assert attribution.info("multilayer_iba").layer == "multilayer_iba"
-    assert attribution.info("gradcam").layer == "explain" and attribution.info("gradient").layer is None
+    assert attribution.info("gradcam").layer == "explain"
+    assert attribution.info("gradient").layer is None
     assert attribution.info("gradient").needs is None
     assert attribution.info("regression_iba").suits(regression=True)
     assert not attribution.info("iba").suits(regression=True)

@@ -5,7 +5,6 @@ import sys
 
 import pytest
 
-from cxr_jax import runtime
 
 _PROBE = r"""
 import sys

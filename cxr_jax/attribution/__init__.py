@@ -43,7 +43,8 @@ from cxr_jax.attribution.iba.noise import noise_check, noise_logits  # noqa: E40
 from cxr_jax.attribution.iba.stats import (  # noqa: E402
     IBAStats, iba_stats, load_iba_stats, save_iba_stats)
 
-__all__ = ["Cache", "IBAStats", "Method", "Need", "Prepared", "Targets", "combine_multilayer", "data_inputs",
-           "explain_multi", "get", "iba_capacity", "iba_stats", "info", "infos", "load_iba_stats",
-           "names", "noise_check", "noise_logits", "postprocess", "prepare", "prepare_all",
-           "reference_threshold", "register", "resolve_layer", "save_iba_stats", "score_fn"]
+__all__ = ["Cache", "IBAStats", "Method", "Need", "Prepared", "Targets", "combine_multilayer",
+           "data_inputs", "explain_multi", "get", "iba_capacity", "iba_stats", "info", "infos",
+           "load_iba_stats", "names", "noise_check", "noise_logits", "postprocess", "prepare",
+           "prepare_all", "reference_threshold", "register", "resolve_layer", "save_iba_stats",
+           "score_fn"]

@@ -124,8 +124,8 @@ def normgrad(model, variables, x, targets, *, layer: str | Sequence[str] | None 
       x: images [B, H, W, C].
       targets: class per image [B] (or scalar), or a callable logits [B, K] -> scores [B].
       layer: a stage name, a sequence of distinct stage names, or None (the model's
-        `layers.explain`: DenseNet relu5, ResNet layer4). The seed's multi-layer ResNet set is ("layer2.0", "layer3.0", "layer4.0",
-        "layer4.2").
+        `layers.explain`: DenseNet relu5, ResNet layer4). The seed's multi-layer ResNet set
+        is ("layer2.0", "layer3.0", "layer4.0", "layer4.2").
       key: unused.
       variant: "conv1x1" (default; TorchRay's form) | "scaling" | "bias" | "conv3x3" |
         "selective".

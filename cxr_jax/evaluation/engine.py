@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cxr_jax import attribution, metrics
+from cxr_jax.common.files import write_json
 from cxr_jax.common.progress import progress as progress_bar
 from cxr_jax.common.targets import pick
 from cxr_jax.evaluation.aggregate import METRICS, summarise
@@ -94,12 +95,6 @@ class Scorer:
 
     def _call(self, fn, hp, variables, x, targets, key):
         return fn(self.model, variables, x, targets, key=key, **hp)
-
-    def maps(self, variables, x, targets, key) -> dict[str, jax.Array]:
-        """{method: raw maps [B, H, W]} for one batch; method i draws from fold_in(key, i)."""
-        x, t = jnp.asarray(x), jnp.asarray(targets, jnp.int32)
-        return {name: fn(variables, x, t, jax.random.fold_in(key, i))
-                for i, (name, fn) in enumerate(self.explain.items())}
 
     def score(self, variables, x: np.ndarray, masks: np.ndarray, targets: np.ndarray,
               key) -> dict[str, dict[str, np.ndarray]]:
@@ -221,8 +216,6 @@ def run(workdir: str, model, variables, images: np.ndarray, masks: np.ndarray,
     Returns:
       The summary (see `summarise`) with "skipped", also written to workdir/evaluation.json.
     """
-    from cxr_jax.common.files import write_json
-
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "per_image.jsonl")
     rows = _read_done(path)

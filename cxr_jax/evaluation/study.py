@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cxr_jax import attribution, runtime
+from cxr_jax import attribution, runtime, training
 from cxr_jax.common.files import write_json
+from cxr_jax.data import datasets
 from cxr_jax.data.types import LocalisationSet
 from cxr_jax.evaluation import methods as method_sets
 from cxr_jax.evaluation.aggregate import METRICS
@@ -126,8 +127,9 @@ def _write_report(workdir, results, summary, loc, scorer, variables, cfg, setup,
     tables.write_metric_tables(workdir, summary["table"], loc.names, METRICS)
     gallery(workdir, scorer, variables, loc.images, loc.masks, loc.labels, loc.names,
             per_finding=cfg.gallery_per_finding)
-    page = [("Setup", f"<p>{setup} Pointing-game tolerance {results['settings']['tolerance_px']:.1f}"
-                      f" px; images per finding: {summary['counts']}.</p>")]
+    tolerance = results["settings"]["tolerance_px"]
+    page = [("Setup", f"<p>{setup} Pointing-game tolerance {tolerance:.1f} px; images per "
+                      f"finding: {summary['counts']}.</p>")]
     page += report_sections(workdir, results, loc.names, regression=regression)
     write_index(workdir, "cxr_jax evaluation", page)
 
@@ -156,9 +158,6 @@ def evaluate_checkpoint(workdir: str, checkpoint: str, cfg, *, methods=None,
     Returns:
       The results dict of `evaluate`, with the model and dataset in "settings".
     """
-    from cxr_jax import training
-    from cxr_jax.data import datasets
-
     model, variables, tcfg, names = training.load_trained(checkpoint)
     data_cfg = tcfg.copy_and_resolve_references()
     with data_cfg.unlocked():

@@ -23,6 +23,7 @@ from absl import logging
 from cxr_jax import metrics, models, runtime
 from cxr_jax.common.files import read_json, write_json
 from cxr_jax.common.progress import progress as progress_bar
+from cxr_jax.data import datasets
 from cxr_jax.data.loader import make_loader
 from cxr_jax.training.checkpoint import Checkpointer
 from cxr_jax.training.steps import (TrainState, create_state, make_eval_step, make_mesh,
@@ -200,8 +201,6 @@ def train(config, workdir: str, train_source, eval_arrays: Mapping[str, np.ndarr
 def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> Trained:
     """The training study: builds `config.dataset` (`cxr_jax.data.datasets.build`), takes its
     natural loss unless `config.loss` names one, and trains into `workdir` (resumable)."""
-    from cxr_jax.data import datasets
-
     data = datasets.build(config)
     with config.unlocked():
         config.loss = config.loss or data.loss

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cxr_jax.attribution.registry import Need
+from cxr_jax.common.files import atomic_path
 from cxr_jax.models import Model, check_stage
 
 Array = jax.Array
@@ -219,8 +220,6 @@ def stats_from_moments(moments: Moments, *, layer: str, min_std: float = MIN_STD
 def save_iba_stats(path: str | os.PathLike, stats: IBAStats) -> None:
     """Writes `stats` to `path` as a numpy .npz archive (exactly at `path`, no suffix added),
     atomically."""
-    from cxr_jax.common.files import atomic_path
-
     if not isinstance(stats, IBAStats):
         raise ValueError(f"save_iba_stats expects IBAStats, got {type(stats).__name__}.")
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
