@@ -43,7 +43,11 @@ from cxr_jax.attribution.iba.noise import noise_check, noise_logits  # noqa: E40
 from cxr_jax.attribution.iba.stats import (  # noqa: E402
     IBAStats, iba_stats, load_iba_stats, save_iba_stats)
 
-__all__ = ["Cache", "IBAStats", "Method", "Need", "Prepared", "Targets", "combine_multilayer",
+#: A fast, sensible first look at a classifier (the explain command's default): one class
+#: activation map, one path integral of the input gradient, one information bottleneck.
+FIRST_LOOK = ("gradcam", "integrated_gradients", "iba")
+
+__all__ = ["Cache", "FIRST_LOOK", "IBAStats", "Method", "Need", "Prepared", "Targets", "combine_multilayer",
            "data_inputs", "explain_multi", "get", "iba_capacity", "iba_stats", "info", "infos",
            "load_iba_stats", "names", "noise_check", "noise_logits", "postprocess", "prepare",
            "prepare_all", "reference_threshold", "register", "resolve_layer", "save_iba_stats",

@@ -13,6 +13,12 @@ declarations that let studies use any method without knowing it:
   task      the models it explains: "any", "classification" or "regression";
   defaults  the hyperparameters a study uses when it names none (METHODS.md's settings);
   fast      cheaper settings for CPU runs (fewer samples or path points), over `defaults`.
+  params    a dataclass whose fields are further keyword hyperparameters, for a method that
+            takes them as **settings (the IBA family's optimisation settings)
+
+`Method.parameters()` lists every hyperparameter a method takes with its default value (its
+keyword arguments and `params` fields, minus layer, key and data-derived inputs), e.g. for a
+config that lets each one be set from the command line.
 
 `infos()` lists the methods in the order they were registered, which is the order studies
 show (and draw their random keys for) them.
@@ -21,6 +27,7 @@ show (and draw their random keys for) them.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable, Mapping
 
 TASKS = ("any", "classification", "regression")
@@ -59,6 +66,18 @@ class Method:
     task: str = "any"
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     fast: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    params: type | None = None
+
+    def parameters(self, *, fast: bool = False) -> dict[str, Any]:
+        """{name: default} of every hyperparameter (see the module docstring), with the
+        registered defaults (and `fast` settings) applied."""
+        skip = {"layer", "key"} | ({self.needs.keyword} if self.needs else set())
+        out = {k: p.default for k, p in inspect.signature(self.fn).parameters.items()
+               if p.kind == p.KEYWORD_ONLY and k not in skip}
+        if self.params is not None:
+            out.update({f.name: f.default for f in dataclasses.fields(self.params)})
+        out.update(self.settings(fast=fast))
+        return out
 
     def settings(self, *, fast: bool = False) -> dict:
         """The hyperparameters a study uses by default (`fast`: the cheaper ones)."""
@@ -75,7 +94,8 @@ _METHODS: dict[str, Method] = {}
 
 def register(name: str, *, layer: str | None = None, needs: Need | None = None,
              task: str = "any", defaults: Mapping[str, Any] | None = None,
-             fast: Mapping[str, Any] | None = None) -> Callable[[Callable], Callable]:
+             fast: Mapping[str, Any] | None = None, params: type | None = None
+             ) -> Callable[[Callable], Callable]:
     """Decorator: registers `fn` under `name` with its declarations (module docstring)."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
@@ -84,7 +104,7 @@ def register(name: str, *, layer: str | None = None, needs: Need | None = None,
         if name in _METHODS:
             raise ValueError(f"Attribution method {name!r} is registered twice.")
         _METHODS[name] = Method(name, fn, layer, needs, task, dict(defaults or {}),
-                                dict(fast or {}))
+                                dict(fast or {}), params)
         return fn
 
     return wrap

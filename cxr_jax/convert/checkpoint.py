@@ -15,7 +15,6 @@ import pathlib
 from typing import Any, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from cxr_jax import models
@@ -26,6 +25,7 @@ from cxr_jax.convert.inference import input_convention
 from cxr_jax.convert.keys import torch_to_flax
 from cxr_jax.convert.reading import read_state_dict
 from cxr_jax.convert.spelling import normalize_keys
+from cxr_jax.models import loading
 from cxr_jax.models.base import Model
 
 
@@ -180,18 +180,12 @@ def save(out_dir: str | os.PathLike, variables: Mapping[str, Any], metadata: Map
 
 def load_metadata(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
     """The `model.json` of a converted checkpoint (op_threshs with NaN where none)."""
-    path = pathlib.Path(ckpt_dir) / "model.json"
-    if not path.is_file():
-        raise ValueError(f"{str(ckpt_dir)!r} is not a cxr_jax checkpoint: no model.json. Make one "
-                         f"with `python -m cxr_jax.convert`.")
-    meta = json.loads(path.read_text())
-    if meta.get("op_threshs") is not None:
-        meta["op_threshs"] = [math.nan if v is None else float(v) for v in meta["op_threshs"]]
-    return meta
+    return loading.read_model_json(ckpt_dir)
 
 
 def load(ckpt_dir: str | os.PathLike) -> tuple[Model, dict]:
-    """Loads a converted checkpoint.
+    """Loads a converted checkpoint as (model, variables); `cxr_jax.models.load` gives its
+    metadata too (and loads training workdirs).
 
     Args:
       ckpt_dir: a folder written by `convert` / `save`.
@@ -199,16 +193,7 @@ def load(ckpt_dir: str | os.PathLike) -> tuple[Model, dict]:
       (model, variables): `model.apply(variables, x)` gives the logits for images x prepared as
       `load_metadata(ckpt_dir)["input_convention"]` says (see `normalize_input`).
     """
-    import orbax.checkpoint as ocp
-
-    meta = load_metadata(ckpt_dir)
-    model = models.get(meta["arch"], num_classes=int(meta["num_classes"]),
-                       in_channels=int(meta["in_channels"]))
-    vdir = pathlib.Path(ckpt_dir).absolute() / "variables"
-    if not vdir.is_dir():
-        raise ValueError(f"{str(ckpt_dir)!r} has model.json but no variables/ folder.")
-    with ocp.StandardCheckpointer() as ckptr:
-        restored = ckptr.restore(vdir)  # saved as numpy arrays: restores to host memory
-    variables = {col: jax.tree_util.tree_map(jnp.asarray, restored[col])
-                 for col in ("params", "batch_stats") if col in restored}
+    if not (pathlib.Path(ckpt_dir) / "model.json").is_file():
+        loading.read_model_json(ckpt_dir)  # raises, saying what a checkpoint holds
+    model, variables, _ = loading.load(ckpt_dir)
     return model, variables

@@ -13,19 +13,26 @@ _STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#2
           "padding:3px 8px;text-align:right}th{background:#eee}img{max-width:100%}")
 
 
+def page(title: str, sections: Sequence[tuple[str, str]], *, style: str = "",
+         top: str = "", bottom: str = "") -> str:
+    """A whole HTML page: the title, `top`, (heading, html body) sections, `bottom`."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+             f"</title><style>{_STYLE}{style}</style></head><body><h1>{html.escape(title)}</h1>",
+             top]
+    for heading, body in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>\n{body}")
+    parts += [bottom, "</body></html>"]
+    return "\n".join(p for p in parts if p)
+
+
 def write_index(workdir: str, title: str, sections: Sequence[tuple[str, str]]) -> str:
     """Writes `workdir/index.html` from (heading, html body) sections; returns its path.
 
     Figures are referenced by relative path (`<img src="curves.png">`), so the folder can be
     copied or served as it is.
     """
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-             f"</title><style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
-    for heading, body in sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2>\n{body}")
-    parts.append("</body></html>")
     path = os.path.join(workdir, "index.html")
-    write_text(path, "\n".join(parts))
+    write_text(path, page(title, sections))
     return path
 
 

@@ -81,7 +81,8 @@ def iba_capacity(model: Model, variables: Any, x: Array, targets: Any, *,
                      settings=Settings.of(method, settings), method=method)
 
 
-@register("iba", layer="iba", needs=NEED, task="classification")
+@register("iba", layer="iba", needs=NEED, task="classification",
+          params=Settings)
 def iba(model: Model, variables: Any, x: Array, targets: Any, *, layer: str | None = None,
         key: Any = None, stats: IBAStats | None = None, loss: str = "bce",
         **settings) -> Array:
@@ -131,7 +132,8 @@ def iba(model: Model, variables: Any, x: Array, targets: Any, *, layer: str | No
     return capacity_to_saliency(cap, x.shape[1:3])
 
 
-@register("inverse_iba", layer="iba", needs=NEED, task="classification")
+@register("inverse_iba", layer="iba", needs=NEED, task="classification",
+          params=Settings)
 def inverse_iba(model: Model, variables: Any, x: Array, targets: Any, *,
                 layer: str | None = None, key: Any = None, stats: IBAStats | None = None,
                 loss: str = "bce", **settings) -> Array:
@@ -159,7 +161,7 @@ def inverse_iba(model: Model, variables: Any, x: Array, targets: Any, *,
 
 
 # Studies explain regressors with loss="push_up" (keep what makes the score large).
-@register("regression_iba", layer="iba", needs=NEED, task="regression",
+@register("regression_iba", layer="iba", needs=NEED, task="regression", params=Settings,
           defaults={"loss": "push_up"})
 def regression_iba(model: Model, variables: Any, x: Array, targets: Any = None, *,
                    layer: str | None = None, key: Any = None, stats: IBAStats | None = None,

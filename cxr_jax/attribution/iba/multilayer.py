@@ -120,7 +120,8 @@ def _layers(model: Model, layer: Any, stats: Any, method: str) -> tuple[str, ...
     return layers
 
 
-@register("multilayer_iba", layer="multilayer_iba", needs=NEED, task="classification")
+@register("multilayer_iba", layer="multilayer_iba", needs=NEED, task="classification",
+          params=Settings)
 def multilayer_iba(model: Model, variables: Any, x: Array, targets: Any, *,
                    layer: Sequence[str] | None = None, key: Any = None,
                    stats: Mapping[str, IBAStats] | None = None, combine: str = "gated",

@@ -26,6 +26,9 @@ with ``lenient=True`` the bad row is skipped instead and all skipped rows of one
 in a single `warnings.warn`. A missing required column is always an error. All readers share one
 row loop for this (module ``_csv``).
 
+Any table with a path column (`read_image_paths`, module ``paths``) gives the list of images to
+explain, with bad rows returned as problems for the caller to list.
+
 Speed and memory: plain `csv` over (g)zipped text, with each distinct label combination parsed
 once; a record's label mapping is a compact `Labels` object shared by every record with the same
 values. The full NIH CSV (112,120 rows) reads in about 1 s of CPU and holds about 65 MB; the
@@ -37,6 +40,7 @@ from cxr_jax.data.records.chexpert import (CHEXPERT_BLANKS, CHEXPERT_OBSERVATION
                                            CHEXPERT_POLICIES, read_chexpert)
 from cxr_jax.data.records.nih import (NIH_BOX_ALIASES, NIH_FINDINGS, NIH_FRAME, parse_nih_box,
                                       read_nih)
+from cxr_jax.data.records.paths import PATH_COLUMNS, ImagePaths, read_image_paths
 from cxr_jax.data.records.object_cxr import (OBJECT_CXR_LABEL, format_object_cxr_annotation,
                                              parse_object_cxr_annotation, read_object_cxr)
 
@@ -62,4 +66,7 @@ __all__ = [
     "format_object_cxr_annotation",
     "parse_brixia_score",
     "label_matrix",
+    "PATH_COLUMNS",
+    "ImagePaths",
+    "read_image_paths",
 ]
