@@ -7,7 +7,9 @@ The map (each package's own docstring lists its modules):
                        runtime      process set-up for scripts (multi-host, compilation cache,
                                     malloc), which process writes
   Layer 1, models      models/      stage pipelines (apply with taps, edits, start); each
-                                    declares its layers (Model.layers); registry by name
+                                    declares its layers (Model.layers); registry by name;
+                                    load(path): a training workdir or converted checkpoint
+                                    with its metadata
            and data    data/        phantoms/ (synthetic radiographs with exact masks),
                                     records/ (one reader per dataset), images/ (decode,
                                     preprocess), photo/ (CheXphoto transforms), loader (Grain),
@@ -21,8 +23,10 @@ The map (each package's own docstring lists its modules):
   Layer 3, reports     report/      figures, tables, HTML pages, the sections studies share
            scoring     evaluation/  the engine every study scores with (Spec, Scorer, run),
                                     method sets, and the evaluation study
-  Layer 4, studies     quickstart, paper, benchmark, evaluation.evaluate_checkpoint,
-                       training.train_and_evaluate; convert/ (PyTorch weights, with its CLI)
+  Layer 4, studies     quickstart, paper, benchmark (+ benchmark_explain),
+                       evaluation.evaluate_checkpoint, training.train_and_evaluate; explain/
+                       (a user's own images -> maps, overlays, gallery); convert/ (PyTorch
+                       weights, with its CLI)
 
 The data path: a phantom generator or a dataset reader -> data.datasets (a Grain source and
 held-out arrays) -> training.fit -> attribution.prepare_all + evaluation.run (maps and

@@ -83,16 +83,21 @@ def run(workdir: str, *, model_name: str, image_size: int, batch_size: int, num_
         # METHODS.md's settings, as the registry holds them (e.g. IG 50 steps).
         ready = attribution.prepare(name, attribution.info(name).settings(), model, variables,
                                     x, cache=cache)
-        compiled, compile_s = _compile(lambda v, x, t, k: ready(model, v, x, t, key=k),
-                                       variables, x, targets, key)
-        times = _time(compiled, variables, x, targets, key, repeats=repeats, slow_s=slow_s)
-        per_image = statistics.median(times) / batch_size
-        result["methods"][name] = {
-            "s_per_image": per_image, "min_s_per_image": min(times) / batch_size,
-            "ratio_to_forward": per_image / forward, "compile_s": compile_s,
-            "repeats": len(times), "hparams": ready.settings(),
-        }
-        logging.info("%s: %.3f s per image = %.1f F (compile %.1f s)", name, per_image,
-                     per_image / forward, compile_s)
+        result["methods"][name] = time_method(ready, model, variables, x, targets, key,
+                                              forward=forward, repeats=repeats, slow_s=slow_s)
         write_json(path, result)
     return result
+
+
+def time_method(ready: attribution.Prepared, model, variables, x, targets, key, *,
+                forward: float, repeats: int, slow_s: float) -> dict:
+    """Compile time and seconds per image of one prepared method on the batch x."""
+    compiled, compile_s = _compile(lambda v, x, t, k: ready(model, v, x, t, key=k),
+                                   variables, x, targets, key)
+    times = _time(compiled, variables, x, targets, key, repeats=repeats, slow_s=slow_s)
+    per_image = statistics.median(times) / len(x)
+    logging.info("%s: %.3f s per image = %.1f F (compile %.1f s)", ready.method, per_image,
+                 per_image / forward, compile_s)
+    return {"s_per_image": per_image, "min_s_per_image": min(times) / len(x),
+            "ratio_to_forward": per_image / forward, "compile_s": compile_s,
+            "repeats": len(times), "hparams": ready.settings()}

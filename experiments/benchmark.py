@@ -3,7 +3,11 @@ r"""Times the forward pass and every attribution method, as ratios to the forwar
     python -m experiments.benchmark --workdir runs/bench --model densenet121 \
         --image_size 224 --batch_size 8 [--methods gradcam,iba]
 
-Writes DIR/benchmark.json (see `cxr_jax.benchmark`). `--keep_freed_memory` (on by default, see
+    python -m experiments.benchmark --workdir runs/bench --case explain_folder
+
+Writes DIR/benchmark.json (see `cxr_jax.benchmark`); the case `explain_folder` times the explain
+command on 100 images against its parts and writes DIR/explain_folder.json (see
+`cxr_jax.benchmark_explain`). `--keep_freed_memory` (on by default, see
 `cxr_jax.runtime.keep_freed_memory`) makes malloc reuse XLA's per-call scratch memory;
 `--nokeep_freed_memory` times the default. The persistent compilation cache is off unless
 --compilation_cache is given, because compile time is one of the things measured.
@@ -11,7 +15,7 @@ Writes DIR/benchmark.json (see `cxr_jax.benchmark`). `--keep_freed_memory` (on b
 
 from absl import app, flags
 
-from cxr_jax import benchmark
+from cxr_jax import benchmark, benchmark_explain
 from experiments import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
@@ -24,6 +28,10 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per method (fewer for
 _SLOW_S = flags.DEFINE_float("slow_s", 30.0, "A method whose warm-up call takes longer than "
                              "this is timed once.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Re-time methods already in the file.")
+_CASE = flags.DEFINE_enum("case", "methods", ["methods", "explain_folder"],
+                          "methods: the forward pass and each method; explain_folder: the "
+                          "explain command on --num_images PNGs against its parts.")
+_NUM_IMAGES = flags.DEFINE_integer("num_images", 100, "Images of the explain_folder case.")
 
 
 def main(argv):
@@ -31,6 +39,18 @@ def main(argv):
     if not flags.FLAGS["compilation_cache"].present:
         flags.FLAGS.compilation_cache = ""
     common.setup()
+    if _CASE.value == "explain_folder":
+        r = benchmark_explain.explain_folder(
+            _WORKDIR.value, model_name=_MODEL.value, n_images=_NUM_IMAGES.value,
+            image_size=_IMAGE_SIZE.value, batch_size=_BATCH.value,
+            methods=_METHODS.value or benchmark_explain.attribution.FIRST_LOOK,
+            repeats=_REPEATS.value, slow_s=_SLOW_S.value)
+        parts = ", ".join(f"{k} {m['s_per_image']:.3f} s/img ({m['ratio_to_forward']:.1f} F, "
+                          f"compile {m['compile_s']:.1f} s)" for k, m in r["methods"].items())
+        print(f"forward {r['forward_s_per_image'] * 1e3:.1f} ms/img; decode {r['decode_s']:.1f}"
+              f" s; {parts}\ncommand {r['wall_s']:.1f} s wall vs {r['expected_s']:.1f} s "
+              f"expected: ratio {r['ratio']:.2f}")
+        return
     result = benchmark.run(_WORKDIR.value, model_name=_MODEL.value, image_size=_IMAGE_SIZE.value,
                            batch_size=_BATCH.value, num_classes=_CLASSES.value,
                            methods=_METHODS.value, repeats=_REPEATS.value, slow_s=_SLOW_S.value,

@@ -206,6 +206,8 @@ def test_resume_after_sigkill_and_float16(workdir_model, folder, tmp_path):
     res = explain.explain_files(workdir_model, folder, out, methods="gradcam", progress=False)
     assert res["counts"]["explained"] == 1 and res["counts"]["done_before"] == 3
     assert len(open(os.path.join(out, "predictions.csv")).readlines()) == 5
+    with pytest.raises(ValueError, match=r"other settings \(methods differ\)"):
+        explain.explain_files(workdir_model, folder, out, methods="gradient", progress=False)
     # float16 storage: maps scaled by their max |value|, read back within float16 precision.
     res16 = explain.explain_files(workdir_model, folder, str(tmp_path / "f16"),
                                   methods="gradcam", maps_dtype="float16", progress=False)

@@ -11,6 +11,7 @@ then write predictions.csv, results.json and the gallery from every npz in the w
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -21,7 +22,7 @@ import jax
 import numpy as np
 
 from cxr_jax import attribution, models, runtime
-from cxr_jax.common.files import write_json
+from cxr_jax.common.files import read_json, write_json
 from cxr_jax.common.progress import progress as progress_bar
 from cxr_jax.explain import report
 from cxr_jax.explain.engine import Explainer, Timer, stream
@@ -121,6 +122,21 @@ def _copy_stats(source: str, stats_dir: str) -> list[str]:
     return [os.path.basename(f) for f in files]
 
 
+def _check_settings(workdir: str, settings: dict) -> None:
+    """Records what the maps in `workdir` were made with (settings.json); a rerun with other
+    settings would mix maps of two kinds under one gallery, so it is refused."""
+    path = os.path.join(workdir, "settings.json")
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, as the file holds them
+    old = read_json(path)
+    if old is not None and old != settings:
+        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        raise ValueError(f"{workdir!r} holds maps made with other settings ({', '.join(changed)}"
+                         f" differ); use a new --workdir, or delete this one to start over.")
+    os.makedirs(workdir, exist_ok=True)
+    if old is None and runtime.is_writer():
+        write_json(path, settings)
+
+
 def explain_files(model: str | os.PathLike | models.Loaded, images: str | os.PathLike,
                   workdir: str | os.PathLike, *, methods: str | Sequence[str] = DEFAULT_METHODS,
                   targets: str | Sequence[str] = "top1", layer: str | None = None,
@@ -135,7 +151,8 @@ def explain_files(model: str | os.PathLike | models.Loaded, images: str | os.Pat
       model: a training workdir or converted checkpoint folder (`cxr_jax.models.load`), or a
         `Loaded` model.
       images: an image file, a folder (recursive) or a CSV table with a path column.
-      workdir: output folder; a rerun with the same folder skips images already done.
+      workdir: output folder; a rerun with the same folder and settings skips images already
+        done (other settings are refused: settings.json records them).
       methods: registered method names (list or comma-separated), with the registry's fast
         settings (Integrated Gradients 16 steps, SmoothGrad 10 samples).
       targets: "top1" / "topK", "all", or finding names (see `cxr_jax.explain.targets.parse`).
@@ -165,7 +182,9 @@ def explain_files(model: str | os.PathLike | models.Loaded, images: str | os.Pat
     chosen = parse(targets, meta)
     specs = method_specs(loaded, methods, layer=layer, hparams=hparams)
     items, skipped = find_images(images, root=root, column=column)
-    os.makedirs(workdir, exist_ok=True)
+    _check_settings(workdir, {"model": os.path.abspath(meta.path), "targets": chosen.spec,
+                              "methods": specs, "maps_dtype": maps_dtype, "seed": seed,
+                              "layer": layer})
     writer = Writer(workdir, meta.finding_names, maps_dtype=maps_dtype, overlays=overlays)
     todo = [(i, it) for i, it in enumerate(items) if not os.path.exists(map_path(workdir,
                                                                                     it.name))]
