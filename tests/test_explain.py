@@ -283,3 +283,18 @@ def test_real_files(workdir_model, tmp_path):
     meta = models.load(workdir_model).metadata
     want = explain.load_input(str(folder / "fake_monochrome1.dcm"), meta)[1]
     np.testing.assert_allclose(shown, want, atol=1 / 255 + 1e-6)  # inverted, as displayed
+
+
+def test_gallery_pages_link_each_other(tmp_path):
+    from cxr_jax.report import Card, write_gallery
+
+    cards = [Card(f"img{i}", [f"line {i}"], [("finding", [("input", f"o/{i}.png")])])
+             for i in range(5)]
+    paths = write_gallery(str(tmp_path), "t", [("Summary", "<p>s</p>")], cards, page_size=2)
+    assert [os.path.basename(p) for p in paths] == ["index.html", "page_002.html",
+                                                    "page_003.html"]
+    first, last = (open(p).read() for p in (paths[0], paths[-1]))
+    assert "Summary" in first and "Summary" not in last
+    assert first.count('class="card"') == 2 and last.count('class="card"') == 1
+    assert 'href="page_002.html">next' in first and 'href="page_002.html">&larr; previous' in last
+    assert 'loading="lazy"' in first and "Images 5-5" in last
