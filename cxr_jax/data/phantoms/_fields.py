@@ -122,6 +122,16 @@ def _noise_bank(seed: int, size: int) -> np.ndarray:
     return bank
 
 
+def noise_window(d: _Draws, seed: int, S: int) -> np.ndarray:
+    """[B, S, S] standard-normal noise: for each image a random window of the seed's noise bank
+    (three draws per image)."""
+    bank = _noise_bank(seed, S)
+    pad = bank.shape[-1] - S
+    windows = np.lib.stride_tricks.sliding_window_view(bank, (S, S), axis=(1, 2))
+    pick = np.floor(d.uniform01(3) * np.array([NOISE_BANK, pad + 1, pad + 1])).astype(np.int64)
+    return windows[pick[:, 0], pick[:, 1], pick[:, 2]]
+
+
 def _soft(d: np.ndarray, width: float) -> np.ndarray:
     """Anti-aliased indicator of d > 0: clip(d / width + 1/2, 0, 1) (in place on d)."""
     d *= 1.0 / width

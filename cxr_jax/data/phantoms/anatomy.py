@@ -74,6 +74,8 @@ class Anatomy:
     ribs_bin: np.ndarray
     clav_bin: np.ndarray
     diaph_bin: np.ndarray
+    body: np.ndarray                     # soft body layer (v2 texture draws on it)
+    lung: np.ndarray                     # soft lungs, heart and mediastinum cut out
 
     def concept_masks(self) -> tuple[np.ndarray, ...]:
         """The anatomical concept masks in CONCEPTS order (left_lung ... diaphragm)."""
@@ -144,7 +146,7 @@ def render(d: _Draws, fr: Frame, pt: Patient) -> Anatomy:
                    lung_dist=lung_dist, lung_any=lung_bins[-1] | lung_bins[+1],
                    heart_bin=heart_bin, med_bin=med_bin, spine_bin=spine_bin,
                    ribs_bin=ribs_bin & body_bin, clav_bin=clav_bin & body_bin,
-                   diaph_bin=diaph_bin & body_bin)
+                   diaph_bin=diaph_bin & body_bin, body=body, lung=lung)
 
 
 def _body(fr: Frame, pt: Patient):

@@ -12,7 +12,7 @@ import functools
 
 import numpy as np
 
-from cxr_jax.data.phantoms._fields import NOISE_BANK, _b, _Draws, _noise_bank, _smooth
+from cxr_jax.data.phantoms._fields import _b, _Draws, _smooth, noise_window
 
 # Bitmap font for the laterality markers (5 wide, 7 high).
 _GLYPHS = {
@@ -80,11 +80,7 @@ def burn_marker(d: _Draws, S: int, img: np.ndarray, masks: np.ndarray,
 def add_noise(d: _Draws, seed: int, S: int, noise_sd, img: np.ndarray) -> None:
     """Adds Gaussian noise of sd noise_sd [B], a random window of the seed's noise bank, and
     clips to [0, 1] (in place)."""
-    bank = _noise_bank(seed, S)
-    pad = bank.shape[-1] - S
-    windows = np.lib.stride_tricks.sliding_window_view(bank, (S, S), axis=(1, 2))
-    pick = np.floor(d.uniform01(3) * np.array([NOISE_BANK, pad + 1, pad + 1])).astype(np.int64)
-    noise = windows[pick[:, 0], pick[:, 1], pick[:, 2]]
+    noise = noise_window(d, seed, S)
     noise *= _b(noise_sd)
     img += noise
     np.clip(img, 0.0, 1.0, out=img)

@@ -14,32 +14,47 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from cxr_jax.data.phantoms import anatomy, film, findings
+from cxr_jax.data.phantoms import anatomy, film, findings, texture
 from cxr_jax.data.phantoms._fields import _Draws
 from cxr_jax.data.phantoms.geometry import draw_frame
 from cxr_jax.data.phantoms.schema import (CONCEPTS, DEFAULT_PREVALENCE, FINDINGS, INTENSITIES,
                                           OPACITY_FINDINGS, PhantomBatch)
 
 _MIN_SIZE = 32
+STYLES = ("v1", "v2")
 _CHUNK = 6
 _OPACITY_SOURCES = [FINDINGS.index(k) for k in OPACITY_FINDINGS]
 
 
 def _render(seed: int, out: PhantomBatch, lo: int, hi: int, prev: np.ndarray,
-            shortcut: tuple[int, float] | None, xrv: bool) -> None:
+            shortcut: tuple[int, float] | None, xrv: bool, style: str = "v1",
+            contrast: float = 1.0) -> None:
     """Renders images lo..hi-1 of `out` in place (images, masks, concepts, labels, ...)."""
     d = _Draws(seed, out.index[lo:hi])
     fr = draw_frame(d, out.images.shape[1])
     pt = anatomy.draw_patient(d, prev)
     an = anatomy.render(d, fr, pt)
+    d2 = texture.draws(seed, out.index[lo:hi]) if style == "v2" else None
+    if d2 is not None:
+        an.marks = texture.vessels(d2, seed, fr, pt, an.lung)
+        an.img += texture.CORTEX * texture.rib_cortex(an.ribs_bin, an.lung, fr.S)
+        texture.soft_tissue(d2, fr, pt, an.body, an.img)
     masks = out.masks[lo:hi]
     masks[...] = False
+    healthy = an.img + an.marks if contrast != 1.0 else None
     severity = findings.render(d, fr, pt, an, masks)
     img = an.img
+    if healthy is not None:  # scale what the findings changed
+        img -= healthy
+        img *= np.float32(contrast)
+        img += healthy
     film.expose(d, fr.S, pt.contrast, pt.bright, img)
     fo_bin = findings.foreign_objects(d, fr, pt.has["foreign_object"], img, masks)
     img, marker, shortcut_bin = film.burn_marker(d, fr.S, img, masks, shortcut)
-    film.add_noise(d, seed, fr.S, pt.noise_sd, img)
+    if d2 is None:
+        film.add_noise(d, seed, fr.S, pt.noise_sd, img)
+    else:
+        texture.exposure(d2, seed, fr.S, img)
     if xrv:
         img *= 2048.0
         img -= 1024.0
@@ -144,7 +159,8 @@ def _render_all(render, n: int, S: int, num_threads: int | None) -> None:
 def generate(n: int, *, image_size: int = 224, seed: int = 0,
              shortcut: Mapping[str, Any] | None = None, intensity: str = "xrv",
              start: int = 0, prevalence: float | Mapping[str, float] | None = None,
-             num_threads: int | None = None) -> PhantomBatch:
+             num_threads: int | None = None, style: str = "v1",
+             contrast: float = 1.0) -> PhantomBatch:
     """Generates n chest radiograph phantoms with exact finding masks and concept masks.
 
     Each finding k is present independently with probability `prevalence` (0.4 by default);
@@ -183,16 +199,25 @@ def generate(n: int, *, image_size: int = 224, seed: int = 0,
       prevalence: one probability for every finding, or {finding: probability}.
       num_threads: threads rendering chunks in parallel (default min(2, CPUs)); results do not
         depend on it.
+      style: "v1" (the shapes above) or "v2" (the same patients and findings with lung vessels,
+        soft tissue, scatter, blur and quantum noise: see `texture`).
+      contrast: scales every pixel change the lung findings make (not cardiomegaly's larger
+        heart, foreign objects or markers): 1 as drawn, below 1 subtler (the difficulty
+        dial), 0 invisible while the labels and masks stay.
     Returns:
       A `PhantomBatch`. Memory: about 23 bytes per pixel per image (1.1 MB at 224 x 224, mostly
       the bool masks and concepts), so stream large sets with `start` instead of one call.
     """
     _check_scalars(n, image_size, seed, intensity, start)
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}.")
+    if not 0.0 <= float(contrast) <= 4.0:
+        raise ValueError(f"contrast must lie in [0, 4], got {contrast!r}.")
     prev = _check_prevalence(prevalence)
     sc = _check_shortcut(shortcut)
     n, S, seed = int(n), int(image_size), int(seed)
     out = _empty_batch(n, S, start)
     render = functools.partial(_render, seed, out, prev=prev, shortcut=sc,
-                               xrv=intensity == "xrv")
+                               xrv=intensity == "xrv", style=style, contrast=float(contrast))
     _render_all(render, n, S, num_threads)
     return out

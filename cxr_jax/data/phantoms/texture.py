@@ -1,0 +1,224 @@
+"""What the v2 phantoms add to the v1 drawing: lung vessels, soft tissue, and a real exposure.
+
+v1 draws the anatomy as flat regions with sharp edges and white noise (a cartoon next to a
+radiograph: a spectral slope of -2.9 where real images fall at about -3.5, nine times their
+pixel-scale power, half again their share of edges; see `realism`). v2 keeps every v1 shape,
+mask and finding and adds, from draws of its own (so a v1 and a v2 image of the same seed and
+index show the same patient and the same findings):
+
+  vessels      branching markings radiating from each hilum inside the lungs: ridges of a
+               random field laid out in polar coordinates around the hilum (many control points
+               across angle, few along the log radius), so lines run outwards, wander, merge and
+               split; they narrow and fade towards the periphery and are denser at the hila.
+               They replace v1's markings (a pneumothorax still erases them in its crescent).
+  soft_tissue  shoulder and axillary soft tissue, breast shadows in about half the patients,
+               a faint mottled body texture, and arms beside the chest instead of black air.
+  exposure     after everything is drawn: scatter (a veil of the image blurred over a sixth of
+               its width), the detector's blur, then quantum noise whose spread grows with the
+               square root of the signal and is itself blurred, as a downsampled radiograph's is.
+
+The blur moves a finding's change at most a pixel or two past its mask: the masks stay the
+regions the findings were drawn in.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from scipy import ndimage
+
+from cxr_jax.data.phantoms._fields import _b, _Draws, _smooth, _soft, noise_window
+
+_SALT = 0x76320001    # v2's own draws: _Draws(seed ^ _SALT, index)
+BLUR = 0.75            # detector blur sd, pixels at 224 (scaled with the image size)
+NOISE = (0.0055, 0.011)  # quantum noise sd at full signal (scaled by sqrt(signal))
+VESSEL = (0.30, 0.375)  # vessel contrast
+MOTTLE = 0.035         # body texture amplitude (coarse field)
+THICK = (0.04, 0.085)  # brightening towards the midline (path length through the chest)
+FINE = 0.045          # amplitude of the pixel-scale texture
+SHADE = 0.03         # smooth relative density variation
+CORTEX = 0.06         # rib cortical margins
+GAS = (0.09, 0.18)    # bowel gas below the diaphragm
+ARMS = (0.18, 0.32)   # soft tissue beside the chest
+
+
+def draws(seed: int, index: np.ndarray) -> _Draws:
+    """The v2 draws of a chunk, independent of the v1 ones."""
+    return _Draws(seed ^ _SALT, index)
+
+
+def _sample(field: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Bilinear samples of fields [B, S, S] (over [-1, 1]^2) at coordinates u (columns) and v
+    (rows), each [B, S, S]; coordinates outside are clamped to the edge."""
+    B, S, _ = field.shape
+    fu = np.clip((u + 1.0) * (0.5 * (S - 1)), 0.0, S - 1.001)
+    fv = np.clip((v + 1.0) * (0.5 * (S - 1)), 0.0, S - 1.001)
+    iu, iv = fu.astype(np.int32), fv.astype(np.int32)
+    au, av = fu - iu, fv - iv
+    flat = field.reshape(B, -1)
+    base = iv * S + iu
+    rows = np.arange(B)[:, None, None]
+    f00 = flat[rows, base]
+    f01 = flat[rows, base + 1]
+    f10 = flat[rows, base + S]
+    f11 = flat[rows, base + S + 1]
+    return (f00 * (1 - au) + f01 * au) * (1 - av) + (f10 * (1 - au) + f11 * au) * av
+
+
+TREES = 24            # vessel trees kept per (seed, size)
+# The tree canvas spans u (lateral distance from the hilum, in lung widths) in [-0.1, 1.1] and
+# v (height from the hilum, in lung half-heights) in [-1.1, 1.1].
+_U, _V = (-0.1, 1.1), (-1.1, 1.1)
+
+
+def _grow(rng: np.random.Generator) -> list[tuple[float, ...]]:
+    """Segments (u0, v0, u1, v1, radius0, radius1) of one branching vessel tree: trunks leave
+    the hilum upwards, laterally and downwards; each step turns a little, and now and then a
+    branch splits in two thinner ones, until the branches are capillary-thin or leave the
+    lung."""
+    segs = []
+    stack = [(0.0, 0.0, a + rng.normal(0, 0.15), rng.uniform(0.018, 0.026))
+             for a in (-1.3, -0.85, -0.4, 0.05, 0.45, 0.85, 1.25)]
+    while stack:
+        u, v, angle, radius = stack.pop()
+        step = 0.05 + 2.0 * radius
+        while radius > 0.0035 and -0.05 < u < 1.0 and abs(v) < 1.0:
+            angle += rng.normal(0, 0.18)
+            angle += 0.15 * (0.0 - angle) * (abs(angle) > 1.5)  # keep growing away from the hilum
+            nu, nv = u + step * np.cos(angle), v + 2.0 * step * np.sin(angle)
+            end_radius = radius * rng.uniform(0.88, 0.96)
+            segs.append((u, v, nu, nv, radius, end_radius))
+            u, v, radius = nu, nv, end_radius
+            if rng.uniform() < 0.55:  # bifurcation: two thinner children
+                spread = rng.uniform(0.25, 0.55)
+                stack.append((u, v, angle + spread, radius * 0.72))
+                angle -= spread * rng.uniform(0.3, 0.8)
+                radius *= 0.8
+    return segs
+
+
+def _draw(segs, size: int) -> np.ndarray:
+    """Projected thickness of the tree's vessels (cylinders), float32 [size, size]."""
+    img = np.zeros((size, size), np.float32)
+    su = (size - 1) / (_U[1] - _U[0])
+    sv = (size - 1) / (_V[1] - _V[0])
+    for u0, v0, u1, v1, r0, r1 in segs:
+        x0, x1 = (u0 - _U[0]) * su, (u1 - _U[0]) * su
+        y0, y1 = (v0 - _V[0]) * sv, (v1 - _V[0]) * sv
+        rad = max(r0 * su, 0.35)
+        lo_x, hi_x = int(max(0, min(x0, x1) - rad - 1)), int(min(size, max(x0, x1) + rad + 2))
+        lo_y, hi_y = int(max(0, min(y0, y1) - rad - 1)), int(min(size, max(y0, y1) + rad + 2))
+        if lo_x >= hi_x or lo_y >= hi_y:
+            continue
+        yy, xx = np.mgrid[lo_y:hi_y, lo_x:hi_x].astype(np.float32)
+        dx, dy = x1 - x0, y1 - y0
+        t = np.clip(((xx - x0) * dx + (yy - y0) * dy) / max(dx * dx + dy * dy, 1e-9), 0, 1)
+        dist2 = (xx - x0 - t * dx) ** 2 + (yy - y0 - t * dy) ** 2
+        r = (r0 + (r1 - r0) * t) * su
+        r = np.maximum(r, 0.35)
+        chord = np.sqrt(np.maximum(r * r - dist2, 0.0)) / su  # half chord, in lung widths
+        np.maximum(img[lo_y:hi_y, lo_x:hi_x], chord, out=img[lo_y:hi_y, lo_x:hi_x])
+    return img
+
+
+@functools.lru_cache(maxsize=4)
+def _tree_bank(seed: int, size: int) -> np.ndarray:
+    """Read-only [TREES, size, size] vessel trees of one seed (drawn once, then reused)."""
+    rng = np.random.default_rng([seed % 2**32, size, 0x7EE5])
+    bank = np.stack([_draw(_grow(rng), size) for _ in range(TREES)])
+    bank /= bank.max()
+    bank.setflags(write=False)
+    return bank
+
+
+def vessels(d: _Draws, seed: int, fr, pt, lung: np.ndarray) -> np.ndarray:
+    """Vessel markings [B, S, S] (unit intensities, already cut to the soft lungs `lung`): for
+    each lung one tree of the seed's bank, placed at the hilum and stretched to the lung."""
+    hc = pt.hy - 0.6 * pt.v_ext                         # hilar height, as v1's hila
+    bank = _tree_bank(seed, fr.S)
+    contrast = d.u(*VESSEL)
+    marks = fr.zeros()
+    for side in (-1, +1):
+        f = pt.lungs[side]
+        pick = np.floor(d.uniform01(1)[:, 0] * TREES).astype(np.int64)
+        width = _b(f["l"] - 0.12) * _b(d.u(0.95, 1.1))
+        height = _b(np.maximum(hc - f["yt"], f["yb"] - hc))
+        u = (side * fr.X - 0.12) / width
+        v = (fr.Y - _b(hc)) / height
+        cu = (u - _U[0]) * (2.0 / (_U[1] - _U[0])) - 1.0
+        cv = (v - _V[0]) * (2.0 / (_V[1] - _V[0])) - 1.0
+        tree = _sample(bank[pick], cu, cv)
+        tree *= side * fr.X > 0.0
+        marks += tree
+        hdx = (side * fr.X - 0.2) * (1 / 0.08)
+        hdy = (fr.Y - _b(hc)) * (1 / 0.13)
+        marks += 0.5 * _soft(1.0 - hdx * hdx - hdy * hdy, 1.5)  # hilar vessels
+    marks *= lung
+    marks *= _b(contrast)
+    return marks
+
+
+def rib_cortex(ribs_bin: np.ndarray, lung: np.ndarray, S: int) -> np.ndarray:
+    """Bright cortical margins along the ribs' upper and lower edges inside the lungs:
+    where the blurred rib mask is neither 0 nor 1."""
+    soft = ndimage.gaussian_filter(ribs_bin.astype(np.float32), sigma=(0, S / 224, S / 224))
+    edge = 4.0 * soft * (1.0 - soft)
+    edge *= lung
+    return edge
+
+
+def soft_tissue(d: _Draws, fr, pt, body: np.ndarray, img: np.ndarray) -> None:
+    """Adds shoulder / axillary soft tissue, breast shadows and a mottled body texture (in
+    place; `body` is the soft body mask)."""
+    female = d.bern(0.5)
+    breast = d.u(0.05, 0.11) * female
+    by = d.u(0.25, 0.45)
+    bw = d.u(0.28, 0.38)
+    shoulder = d.u(0.04, 0.08)
+    mottle = _smooth(d.field(14), fr.S)
+    add = fr.zeros()
+    for side in (-1, +1):
+        ex = (side * fr.X - 0.48) * _b(1.0 / bw)
+        ey = (fr.Y - _b(by)) * _b(1.0 / (0.8 * bw))
+        add += _b(breast) * _soft(1.0 - ex * ex - ey * ey, 0.9)
+    top = np.clip(-(fr.Y + 0.35) * (1 / 0.4), 0.0, 1.0)
+    lateral = np.clip((fr.absX - 0.5) * (1 / 0.35), 0.0, 1.0)
+    add += _b(shoulder) * np.maximum(top, lateral * 0.7)
+    add += MOTTLE * mottle
+    add += FINE * _smooth(d.field(80), fr.S)  # pixel-scale tissue texture
+    # Path length through an elliptical chest: thicker (brighter) towards the midline.
+    add += _b(d.u(*THICK)) * np.sqrt(np.clip(1.0 - (fr.X * (1 / 0.95)) ** 2, 0.0, 1.0))
+    add *= body
+    img += add
+    # Uneven density: smooth shading of the dense shadows, gas in the bowel below the domes.
+    img *= 1.0 + SHADE * _smooth(d.field(8), fr.S) * body
+    below = np.maximum(pt.lungs[-1]["yd"], pt.lungs[+1]["yd"])
+    abdomen = _soft(fr.Y - _b(below), 0.08) * body
+    gas = _soft(_smooth(d.field(36), fr.S) - 1.1, 0.5)
+    gas *= abdomen
+    img -= _b(d.u(*GAS)) * gas
+    # Outside the chest wall: arms and shoulder soft tissue rather than black air.
+    arms = _b(d.u(*ARMS)) * np.clip(0.6 + 0.5 * (fr.Y + 0.2), 0.2, 1.0)
+    arms *= 1.0 + 0.3 * mottle
+    img += arms * (1.0 - body)
+
+
+def exposure(d: _Draws, seed: int, S: int, img: np.ndarray) -> None:
+    """Scatter, detector blur and signal-dependent, blurred quantum noise; clips to [0, 1]
+    (in place)."""
+    scatter = d.u(0.08, 0.16)
+    noise_sd = d.u(NOISE[0], NOISE[1])
+    small = max(4, S // 8)
+    low = ndimage.zoom(img, (1, small / S, small / S), order=1)
+    low = ndimage.gaussian_filter(low, sigma=(0, small / 6, small / 6), mode="nearest")
+    veil = ndimage.zoom(low, (1, S / low.shape[1], S / low.shape[2]), order=1)
+    img *= 1.0 - _b(scatter)
+    img += _b(scatter) * veil[:, :S, :S]
+    sigma = BLUR * S / 224
+    if sigma >= 0.3:
+        img[...] = ndimage.gaussian_filter(img, sigma=(0, sigma, sigma), mode="nearest")
+    noise = noise_window(d, seed, S) * np.sqrt(np.clip(img, 0.02, 1.0))
+    noise *= _b(noise_sd)
+    img += noise
+    np.clip(img, 0.0, 1.0, out=img)

@@ -1,0 +1,78 @@
+"""Realism statistics (known answers, and real radiographs against phantoms) and the v2
+phantoms: same patients and findings as v1, deterministic, with a contrast dial (issue 21)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from cxr_jax.data import phantoms
+from cxr_jax.data.images import load_image, preprocess
+from cxr_jax.data.phantoms.realism import histogram_distance, summary
+from cxr_jax.data.phantoms import realism
+
+REAL = os.environ.get("CXR_JAX_REAL_DATA")
+LUNG = [phantoms.FINDINGS.index(k) for k in ("nodule", "mass", "consolidation", "effusion")]
+
+
+def test_realism_known_answers():
+    n = 128
+    ramp = np.tile(np.linspace(0.0, 1.0, n), (n, 1))[None]
+    assert realism(ramp)["gradient_ratio"][0] == pytest.approx(1.0, abs=1e-6)  # one slope
+    white = np.random.default_rng(0).standard_normal((4, n, n))
+    s = realism(white)
+    assert abs(s["spectral_slope"].mean()) < 0.15                      # flat spectrum
+    f = np.fft.fftfreq(n) * n
+    r = np.rint(np.hypot(f[:, None], f[None, :]))
+    band = ((r > (n // 2) * 7 / 8) & (r <= n // 2)).mean()           # share of frequency bins
+    assert s["hf_fraction"].mean() == pytest.approx(band, rel=0.15)
+    yy, xx = np.mgrid[:n, :n] / n
+    blob = np.exp(-((xx - 0.5) ** 2 + (yy - 0.5) ** 2) / 0.02)[None]  # smooth: steep spectrum
+    assert realism(blob)["spectral_slope"][0] < -5
+    with pytest.raises(ValueError, match="NaN"):
+        realism(np.full((1, 32, 32), np.nan))
+
+
+def test_v2_draws_the_same_patients_and_findings_deterministically():
+    v1 = phantoms.generate(6, image_size=96, seed=3)
+    v2 = phantoms.generate(6, image_size=96, seed=3, style="v2")
+    for field in ("labels", "masks", "concepts", "severity", "ctr"):
+        np.testing.assert_array_equal(getattr(v1, field), getattr(v2, field))
+    assert not np.allclose(v1.images, v2.images)
+    tail = phantoms.generate(3, image_size=96, seed=3, style="v2", start=3, num_threads=1)
+    np.testing.assert_array_equal(tail.images, v2.images[3:])           # (seed, index) only
+    assert v2.images.min() >= -1024 and v2.images.max() <= 1024
+    with pytest.raises(ValueError, match="style must be one of"):
+        phantoms.generate(1, style="v3")
+
+
+def test_contrast_dial_scales_what_the_findings_change():
+    kw = dict(image_size=96, seed=8, style="v2", intensity="unit",
+              prevalence={k: 0.9 for k in phantoms.FINDINGS})
+    full, half, none = (phantoms.generate(8, contrast=c, **kw) for c in (1.0, 0.5, 0.0))
+    np.testing.assert_array_equal(full.labels, none.labels)             # labels stay
+    inside = full.masks[:, LUNG].any(axis=1)
+    outside = ~full.masks.any(axis=1)
+    change = lambda a: np.abs(a.images[..., 0] - none.images[..., 0])   # noqa: E731
+    assert change(full)[inside].mean() > 0.03
+    assert change(half)[inside].mean() / change(full)[inside].mean() == pytest.approx(0.5,
+                                                                                  abs=0.12)
+    assert change(full)[outside].mean() < 0.1 * change(full)[inside].mean()
+
+
+@pytest.mark.skipif(not REAL, reason="set CXR_JAX_REAL_DATA to the real-data folder")
+def test_v2_statistics_near_real_radiographs():
+    files = ["nih/images/00000001_000.png", "nih/images/00027426_000.png",
+             "covid/covid-19-pneumonia-58-prior.jpg", "dicom/siim_sample.dcm"]
+    real = realism(np.stack([preprocess(load_image(os.path.join(REAL, f)), size=224,
+                                        intensity="unit")[0][..., 0] for f in files]))
+    stats = {s: realism(phantoms.generate(24, image_size=224, seed=1, style=s).images)
+             for s in ("v1", "v2")}
+    r, v1, v2 = summary(real), summary(stats["v1"]), summary(stats["v2"])
+    for k in r:  # v2 is nearer the real radiographs than v1 on every statistic
+        assert abs(np.log(abs(v2[k][0] / r[k][0]))) < abs(np.log(abs(v1[k][0] / r[k][0]))), k
+    assert abs(v2["spectral_slope"][0] - r["spectral_slope"][0]) < 0.25
+    assert 0.5 < v2["hf_fraction"][0] / r["hf_fraction"][0] < 2.0
+    assert abs(v2["gradient_ratio"][0] / r["gradient_ratio"][0] - 1) < 0.25
+    assert histogram_distance(real, stats["v2"]) < 0.5
