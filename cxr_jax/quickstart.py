@@ -49,6 +49,7 @@ def run(workdir: str, config, eval_config=None, *, progress: bool = True) -> dic
                            progress)
         results["pointing_game"] = explain["pointing_game"]
         results["pointing_game_pooled"] = explain["pointing_game_pooled"]
+        results["pointing_game_ci"] = explain["pointing_game_ci"]
         if "iba_noise" in explain:
             results["iba_noise"] = explain["iba_noise"]
         if runtime.is_writer():

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cxr_jax import metrics
 from cxr_jax.metrics import (
     agreement_matrix,
     box_iou,
@@ -296,3 +297,18 @@ def test_ehr_vectorised_quantiles_match_a_per_map_transcription():
     regions[:, 3:12, 5:15] = True
     want = [one_map(m, r) for m, r in zip(maps, regions)]
     np.testing.assert_allclose(effective_heat_ratio(maps, regions), want, rtol=1e-12)
+
+
+def test_pointing_game_interval_known_answers():
+    assert metrics.pointing_game_interval({"a": [1, 1, 1], "b": [1, np.nan]}) == (1.0, 1.0)
+    half = np.tile([1.0, 0.0], 200)                      # one class, rate 0.5, n = 400
+    lo, hi = metrics.pointing_game_interval(half, n_boot=4000)
+    sd = np.sqrt(0.25 / 400)
+    assert lo == pytest.approx(0.5 - 1.96 * sd, abs=0.006)
+    assert hi == pytest.approx(0.5 + 1.96 * sd, abs=0.006)
+    # Two classes: the class mean's interval is narrower than either class's own.
+    two = {"a": half, "b": np.tile([1.0, 0.0, 0.0, 0.0], 100)}
+    lo2, hi2 = metrics.pointing_game_interval(two, n_boot=4000)
+    assert lo2 < 0.375 < hi2 and hi2 - lo2 < hi - lo
+    assert metrics.pointing_game_interval(two) == metrics.pointing_game_interval(two)
+    assert np.isnan(metrics.pointing_game_interval({"a": [np.nan]})[0])

@@ -16,19 +16,26 @@ NAMES = ("phantoms", "phantoms_severity", "nih", "chexpert", "object_cxr", "brix
 _CHUNK = 2048
 
 
-def _phantom_training_arrays(n: int, image_size: int, seed: int, labels) -> dict:
+def phantom_options(config) -> dict:
+    """The phantom generator's style and finding contrast a config asks for (v1 and 1.0 when
+    it names none: configs written before v2 existed)."""
+    return {"style": config.get("phantom_style", "v1"),
+            "contrast": float(config.get("phantom_contrast", 1.0))}
+
+
+def _phantom_training_arrays(n: int, image_size: int, seed: int, labels, **options) -> dict:
     """Images and labels of phantoms [0, n) of `seed`, rendered in chunks into preallocated
     arrays, so the masks and concept maps (needed for evaluation, not training; at 128 px ~20x
     the images' size) never exist for all n at once and the images are held once, not twice.
     Identical to one `phantoms.generate(n, ...)` call."""
-    chunk = phantoms.generate(min(_CHUNK, n), image_size=image_size, seed=seed)
+    chunk = phantoms.generate(min(_CHUNK, n), image_size=image_size, seed=seed, **options)
     y = labels(chunk)
     out = {"image": np.empty((n,) + chunk.images.shape[1:], chunk.images.dtype),
            "labels": np.empty((n,) + y.shape[1:], y.dtype)}
     for start in range(0, n, _CHUNK):
         if start:  # the first chunk is already rendered
             chunk = phantoms.generate(min(_CHUNK, n - start), image_size=image_size, seed=seed,
-                                      start=start)
+                                      start=start, **options)
         out["image"][start:start + len(chunk.images)] = chunk.images
         out["labels"][start:start + len(chunk.images)] = labels(chunk)
         chunk = None  # free this chunk's masks before rendering the next
@@ -37,9 +44,11 @@ def _phantom_training_arrays(n: int, image_size: int, seed: int, labels) -> dict
 
 def phantom_dataset(config) -> Dataset:
     """Train and held-out phantoms from disjoint seeds."""
+    opts = phantom_options(config)
     tr = _phantom_training_arrays(config.num_train, config.image_size, config.seed * 2 + 1,
-                                  lambda b: b.labels)
-    te = phantoms.generate(config.num_test, image_size=config.image_size, seed=config.seed * 2 + 2)
+                                  lambda b: b.labels, **opts)
+    te = phantoms.generate(config.num_test, image_size=config.image_size, seed=config.seed * 2 + 2,
+                           **opts)
     return Dataset(train=ArraySource(tr),
                    eval={"image": te.images, "labels": te.labels},
                    label_names=tuple(te.finding_names), loss="bce", extra={"test": te})
@@ -49,8 +58,11 @@ def phantom_severity_dataset(config) -> Dataset:
     """Phantoms labelled with their BrixIA-style global severity (sum of six zone scores, 0-18),
     for severity regressors (MSE); the opacity mask is the ground-truth region."""
     score = lambda b: b.severity.sum(axis=1, keepdims=True).astype(np.float32)
-    tr = _phantom_training_arrays(config.num_train, config.image_size, config.seed * 2 + 1, score)
-    te = phantoms.generate(config.num_test, image_size=config.image_size, seed=config.seed * 2 + 2)
+    opts = phantom_options(config)
+    tr = _phantom_training_arrays(config.num_train, config.image_size, config.seed * 2 + 1, score,
+                                  **opts)
+    te = phantoms.generate(config.num_test, image_size=config.image_size, seed=config.seed * 2 + 2,
+                           **opts)
     return Dataset(train=ArraySource(tr),
                    eval={"image": te.images, "labels": score(te)},
                    label_names=("global_severity",), loss="mse", extra={"test": te})
@@ -76,7 +88,7 @@ def _held_out_phantoms(config, data: Dataset | None) -> phantoms.PhantomBatch:
     if held is not None and len(held.images) >= config.num_test:
         return phantoms.first(held, config.num_test)
     return phantoms.generate(config.num_test, image_size=config.image_size,
-                             seed=config.seed * 2 + 2)
+                             seed=config.seed * 2 + 2, **phantom_options(config))
 
 
 def localisation_set(config, label_names, data: Dataset | None = None) -> LocalisationSet:
@@ -151,7 +163,8 @@ def estimation_images(config, n: int, data: Dataset | None = None) -> np.ndarray
     if data is not None:
         train = data.train
     elif config.dataset.startswith("phantoms"):
-        return phantoms.generate(n, image_size=config.image_size, seed=config.seed * 2 + 1).images
+        return phantoms.generate(n, image_size=config.image_size, seed=config.seed * 2 + 1,
+                                 **phantom_options(config)).images
     else:
         train = build(config).train
     items = (train[i] for i in range(min(n, len(train))))

@@ -39,12 +39,14 @@ def summarise(rows: Sequence[dict], finding_names: Sequence[str], methods: Seque
       {"pointing_game": {method: class-mean hit rate (mean over findings of the per-finding
          rate, TorchRay's accuracy; `metrics.pointing_game_summary`)},
        "pointing_game_pooled": {method: pooled rate},
+       "pointing_game_ci": {method: [low, high]} (95% stratified bootstrap interval of the
+         class mean, `metrics.pointing_game_interval`),
        "table": {method: {finding: {metric: mean}}}, "counts": {finding: images},
        "agreement": {"names": [...], "matrix": [[...]]}} (box IoU between methods, ground truth
        as the last row).
     """
     table: dict[str, dict[str, dict[str, float]]] = {}
-    pg_class, pg_pooled = {}, {}
+    pg_class, pg_pooled, pg_ci = {}, {}, {}
     counts = {f: sum(r["finding"] == f for r in rows) for f in finding_names}
     for m in methods:
         table[m] = {}
@@ -58,5 +60,7 @@ def summarise(rows: Sequence[dict], finding_names: Sequence[str], methods: Seque
                            for s in sub]
         pg = metrics.pointing_game_summary(hits)
         pg_class[m], pg_pooled[m] = pg.accuracy, pg.pooled
-    return {"pointing_game": pg_class, "pointing_game_pooled": pg_pooled, "table": table,
-            "counts": counts, "agreement": _agreement(rows, methods)}
+        pg_ci[m] = list(metrics.pointing_game_interval(hits)) if hits else [np.nan, np.nan]
+    return {"pointing_game": pg_class, "pointing_game_pooled": pg_pooled,
+            "pointing_game_ci": pg_ci, "table": table, "counts": counts,
+            "agreement": _agreement(rows, methods)}

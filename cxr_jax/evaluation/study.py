@@ -88,6 +88,7 @@ def evaluate(workdir: str, model, variables, loc: LocalisationSet, cfg, *,
       settings: more entries for results["settings"] (e.g. the model and dataset names).
     Returns:
       {"pointing_game": {method: value, ..., "centre": value}, "pointing_game_pooled",
+       "pointing_game_ci" (95% bootstrap intervals),
       "table", "agreement", "counts", "skipped", "settings", and, when methods with statistics
       ran, "iba_noise": {layer: {finding: score}}}.
     """
@@ -107,8 +108,9 @@ def evaluate(workdir: str, model, variables, loc: LocalisationSet, cfg, *,
     summary = run(workdir, model, variables, loc.images, loc.masks, loc.labels, loc.names, spec,
                   require_mask=loc.require_mask, progress=progress, scorer=scorer)
     summary["skipped"] += [{"id": p, "reason": r} for p, r in loc.skipped]
-    results = {key: summary[key] for key in ("pointing_game", "pointing_game_pooled", "table",
-                                             "agreement", "counts", "skipped")}
+    results = {key: summary[key] for key in ("pointing_game", "pointing_game_pooled",
+                                             "pointing_game_ci", "table", "agreement", "counts",
+                                             "skipped")}
     results["settings"] = {**(settings or {}), "image_size": size,
                            "tolerance_px": spec.tolerance, "pixels_per_step": spec.pixels_per_step,
                            "methods": method_sets.settings(prepared)}

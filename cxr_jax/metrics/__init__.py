@@ -50,6 +50,7 @@ from cxr_jax.metrics.pointing import (
     pointing_game,
     pointing_game_centre,
     pointing_game_points,
+    pointing_game_interval,
     pointing_game_summary,
     saliency_peaks,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "pointing_game",
     "pointing_game_centre",
     "pointing_game_points",
+    "pointing_game_interval",
     "pointing_game_summary",
     "saliency_peaks",
     "top_class_mask",

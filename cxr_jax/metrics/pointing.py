@@ -162,18 +162,8 @@ class PointingGameSummary(NamedTuple):
     names: tuple[str, ...] | None
 
 
-def pointing_game_summary(hits) -> PointingGameSummary:
-    """Per-class hit rates, class-mean accuracy and pooled rate of pointing-game results.
-
-    per_class_k = sum_i h_ik / n_k over the n_k non-NaN entries of class k;
-    accuracy = mean_k per_class_k over classes with n_k > 0; pooled = sum h / sum n.
-
-    Args:
-      hits: [B, K] array of 1/0/NaN (one column per class), or a sequence of K 1-D arrays, or a
-        mapping {class name: 1-D array} (classes may have different numbers of images).
-    Returns:
-      PointingGameSummary.
-    """
+def _columns(hits) -> tuple[tuple[str, ...] | None, list[np.ndarray]]:
+    """(class names or None, one float array of 1/0/NaN per class) from any form of `hits`."""
     names = None
     if isinstance(hits, Mapping):
         names = tuple(hits.keys())
@@ -192,6 +182,22 @@ def pointing_game_summary(hits) -> PointingGameSummary:
         ok = col[~np.isnan(col)]
         if not np.all((ok == 0) | (ok == 1)):
             raise ValueError("pointing-game hits must be 1, 0 or NaN.")
+    return names, columns
+
+
+def pointing_game_summary(hits) -> PointingGameSummary:
+    """Per-class hit rates, class-mean accuracy and pooled rate of pointing-game results.
+
+    per_class_k = sum_i h_ik / n_k over the n_k non-NaN entries of class k;
+    accuracy = mean_k per_class_k over classes with n_k > 0; pooled = sum h / sum n.
+
+    Args:
+      hits: [B, K] array of 1/0/NaN (one column per class), or a sequence of K 1-D arrays, or a
+        mapping {class name: 1-D array} (classes may have different numbers of images).
+    Returns:
+      PointingGameSummary.
+    """
+    names, columns = _columns(hits)
     counts = np.array([np.sum(~np.isnan(c)) for c in columns], np.int64)
     totals = np.array([np.nansum(c) for c in columns], np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -200,3 +206,36 @@ def pointing_game_summary(hits) -> PointingGameSummary:
     accuracy = float(per_class[have].mean()) if have.any() else float("nan")
     pooled = float(totals.sum() / counts.sum()) if counts.sum() > 0 else float("nan")
     return PointingGameSummary(per_class, counts, accuracy, pooled, names)
+
+
+def pointing_game_interval(hits, *, level: float = 0.95, n_boot: int = 2000, seed: int = 0
+                           ) -> tuple[float, float]:
+    """Bootstrap interval of the class-mean pointing game (`pointing_game_summary().accuracy`).
+
+    Each replicate resamples, with replacement, the scored images of every class separately
+    (a stratified bootstrap: the class sizes stay fixed) and takes the class mean of the
+    per-class rates; the interval is the (1 - level) / 2 and (1 + level) / 2 quantiles of
+    `n_boot` replicates.
+
+    Args:
+      hits: as `pointing_game_summary`.
+      level: coverage of the interval.
+      n_boot: bootstrap replicates.
+      seed: seed of the resampling (the interval is a deterministic function of it).
+    Returns:
+      (low, high); (NaN, NaN) when no class has a scored image.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}.")
+    _, columns = _columns(hits)
+    rng = np.random.default_rng(seed)
+    rates = []
+    for col in columns:
+        ok = col[~np.isnan(col)]
+        if len(ok):
+            rates.append(ok[rng.integers(0, len(ok), size=(n_boot, len(ok)))].mean(axis=1))
+    if not rates:
+        return float("nan"), float("nan")
+    means = np.mean(rates, axis=0)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)

@@ -19,7 +19,9 @@ from cxr_jax.report.html import image
 def pointing_game(summary: Mapping) -> tuple[str, str]:
     """The class-mean and pooled pointing game of every method, best first."""
     pg = summary["pointing_game"]
+    ci = summary.get("pointing_game_ci", {})
     rows = [{"method": m, "pointing game (class mean)": v,
+             **({"95% interval": "[{:.3f}, {:.3f}]".format(*ci[m])} if m in ci else {}),
              "pooled": summary["pointing_game_pooled"][m]}
             for m, v in sorted(pg.items(), key=lambda kv: -np.nan_to_num(kv[1], nan=-1))]
     return ("Pointing game (centre = always point at the image centre)", tables.html(rows))

@@ -125,8 +125,11 @@ def _heart_shape(d: _Draws, lungs, ctr) -> dict[str, np.ndarray]:
     return dict(phi=phi, ha=ha, hb=hb, v_ext=v_ext, hx=hx, hy=hy)
 
 
-def render(d: _Draws, fr: Frame, pt: Patient) -> Anatomy:
-    """Draws the healthy chest of every image of the chunk (draws only the markings' field)."""
+def render(d: _Draws, fr: Frame, pt: Patient, style: str = "v1") -> Anatomy:
+    """Draws the healthy chest of every image of the chunk (draws only the markings' field).
+
+    style "v2" draws thinner ribs with bright cortices, a fainter spine behind the mediastinum
+    and a darker trachea; the masks are the same as v1's."""
     w, body_bin, body = _body(fr, pt)
     domes = {side: dome(fr.px[side], pt.lungs[side]) for side in (-1, +1)}
     dome_y = np.where(fr.X < 0, domes[-1], domes[+1])
@@ -137,10 +140,11 @@ def render(d: _Draws, fr: Frame, pt: Patient) -> Anatomy:
     lung *= 1.0 - heart
     lung *= 1.0 - med
     bone, ribs_bin, clav_bin, diaph_bin, spine_bin = _bones(fr, pt, domes, lung_ell,
-                                                            np.maximum(heart, abd), body_bin)
+                                                            np.maximum(heart, abd), body_bin,
+                                                            style)
     bone *= body
     img = _soft_tissue(fr, pt, body, heart, heart_sd, med, abd)
-    _air(fr, pt, img, lung, body)
+    _air(fr, pt, img, lung, body, trachea_air=0.12 if style == "v1" else 0.22)
     img += bone
     return Anatomy(img=img, marks=_markings(d, fr, pt, lung), lung_bins=lung_bins,
                    lung_dist=lung_dist, lung_any=lung_bins[-1] | lung_bins[+1],
@@ -204,23 +208,27 @@ def _lungs(fr: Frame, pt: Patient, domes, w, heart_sd, med_sd):
     return lung_ell, lung_dist, lung_bins, lung
 
 
-def _bones(fr: Frame, pt: Patient, domes, lung_ell, dense, body_bin):
+def _bones(fr: Frame, pt: Patient, domes, lung_ell, dense, body_bin, style: str = "v1"):
     """Ribs (fading over the dense shadows `dense`), clavicles and spine as one bone layer (not
     yet cut to the body), with the rib, clavicle, diaphragm and spine masks."""
-    ribs, ribs_bin = _ribs(fr, pt, domes, lung_ell)
+    ribs, ribs_bin = _ribs(fr, pt, domes, lung_ell, cortex=style == "v2")
     bone, clav_bin = _clavicles(fr, pt)
     ribs *= 1.0 - 0.75 * dense                       # ribs fade over the dense shadows
     bone += ribs
     del ribs
     spine, spine_bin = _spine(fr, body_bin)
+    if style == "v2":  # behind the mediastinum the spine shows faintly
+        spine *= 1.0 - 0.6 * dense
+        spine *= 0.7
     bone += spine
     bone *= _b(pt.t_bone)
     return bone, ribs_bin, clav_bin, _diaphragm(fr, pt, domes), spine_bin
 
 
-def _ribs(fr: Frame, pt: Patient, domes, lung_ell):
+def _ribs(fr: Frame, pt: Patient, domes, lung_ell, cortex: bool = False):
     """Posterior ribs: arches rising from the spine and curving down laterally, inside a cage
-    slightly larger than each lung. Returns the soft ribs and their mask."""
+    slightly larger than each lung. Returns the soft ribs and their mask. With `cortex` (v2)
+    the drawn band is thinner than the mask and brighter at its margins than in its middle."""
     ribs = fr.zeros()
     ribs_bin = fr.zeros(bool)
     for side in (-1, +1):
@@ -234,7 +242,11 @@ def _ribs(fr: Frame, pt: Patient, domes, lung_ell):
         ph -= 0.5
         np.abs(ph, out=ph)                           # 0 at the rib's centre line, 0.5 between ribs
         ribs_bin[..., cs] |= (ph < 0.17) & (cage > 0)
-        band = _soft(0.17 - ph, 0.1)
+        if cortex:
+            band = _soft(0.12 - ph, 0.05)
+            band *= 0.45 + 0.75 * np.minimum(ph * (1 / 0.12), 1.0) ** 2
+        else:
+            band = _soft(0.17 - ph, 0.1)
         band *= _soft(cage, 0.06)
         ribs[..., cs] += band
     return ribs, ribs_bin
@@ -295,14 +307,14 @@ def _soft_tissue(fr: Frame, pt: Patient, body, heart, heart_sd, med, abd) -> np.
     return img
 
 
-def _air(fr: Frame, pt: Patient, img, lung, body) -> None:
+def _air(fr: Frame, pt: Patient, img, lung, body, trachea_air: float = 0.12) -> None:
     """Subtracts the air of the lungs (denser at the bases), trachea and gastric bubble."""
     air = lung * _b(pt.t_air)
     air *= 1.05 - 0.12 * (fr.Y + 0.7)                # bases a little denser (breast shadows)
     img -= air
     del air
     trachea = np.minimum(0.03 - np.abs(fr.X - _b(pt.med_x)), _b(pt.hy - pt.v_ext) - 0.05 - fr.Y)
-    img -= 0.12 * _soft(trachea, fr.edge) * body
+    img -= trachea_air * _soft(trachea, fr.edge) * body
     fL = pt.lungs[+1]
     gb = (fr.X - 0.33) * (1 / 0.09)
     gb *= gb

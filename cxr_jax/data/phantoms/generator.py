@@ -33,11 +33,10 @@ def _render(seed: int, out: PhantomBatch, lo: int, hi: int, prev: np.ndarray,
     d = _Draws(seed, out.index[lo:hi])
     fr = draw_frame(d, out.images.shape[1])
     pt = anatomy.draw_patient(d, prev)
-    an = anatomy.render(d, fr, pt)
+    an = anatomy.render(d, fr, pt, style)
     d2 = texture.draws(seed, out.index[lo:hi]) if style == "v2" else None
     if d2 is not None:
         an.marks = texture.vessels(d2, seed, fr, pt, an.lung)
-        an.img += texture.CORTEX * texture.rib_cortex(an.ribs_bin, an.lung, fr.S)
         texture.soft_tissue(d2, fr, pt, an.body, an.img)
     masks = out.masks[lo:hi]
     masks[...] = False

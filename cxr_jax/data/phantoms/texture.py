@@ -31,14 +31,14 @@ from scipy import ndimage
 from cxr_jax.data.phantoms._fields import _b, _Draws, _smooth, _soft, noise_window
 
 _SALT = 0x76320001    # v2's own draws: _Draws(seed ^ _SALT, index)
-BLUR = 0.75            # detector blur sd, pixels at 224 (scaled with the image size)
+BLUR = 0.67            # detector blur sd, pixels at 224 (scaled with the image size)
 NOISE = (0.0055, 0.011)  # quantum noise sd at full signal (scaled by sqrt(signal))
 VESSEL = (0.30, 0.375)  # vessel contrast
 MOTTLE = 0.035         # body texture amplitude (coarse field)
-THICK = (0.04, 0.085)  # brightening towards the midline (path length through the chest)
-FINE = 0.045          # amplitude of the pixel-scale texture
+THICK = (0.015, 0.03)  # brightening towards the midline (path length through the chest)
+FINE = 0.055          # amplitude of the pixel-scale texture
 SHADE = 0.03         # smooth relative density variation
-CORTEX = 0.06         # rib cortical margins
+SCATTER = (0.08, 0.16)  # share of the image spread as a veil
 GAS = (0.09, 0.18)    # bowel gas below the diaphragm
 ARMS = (0.18, 0.32)   # soft tissue beside the chest
 
@@ -159,15 +159,6 @@ def vessels(d: _Draws, seed: int, fr, pt, lung: np.ndarray) -> np.ndarray:
     return marks
 
 
-def rib_cortex(ribs_bin: np.ndarray, lung: np.ndarray, S: int) -> np.ndarray:
-    """Bright cortical margins along the ribs' upper and lower edges inside the lungs:
-    where the blurred rib mask is neither 0 nor 1."""
-    soft = ndimage.gaussian_filter(ribs_bin.astype(np.float32), sigma=(0, S / 224, S / 224))
-    edge = 4.0 * soft * (1.0 - soft)
-    edge *= lung
-    return edge
-
-
 def soft_tissue(d: _Draws, fr, pt, body: np.ndarray, img: np.ndarray) -> None:
     """Adds shoulder / axillary soft tissue, breast shadows and a mottled body texture (in
     place; `body` is the soft body mask)."""
@@ -207,7 +198,7 @@ def soft_tissue(d: _Draws, fr, pt, body: np.ndarray, img: np.ndarray) -> None:
 def exposure(d: _Draws, seed: int, S: int, img: np.ndarray) -> None:
     """Scatter, detector blur and signal-dependent, blurred quantum noise; clips to [0, 1]
     (in place)."""
-    scatter = d.u(0.08, 0.16)
+    scatter = d.u(*SCATTER)
     noise_sd = d.u(NOISE[0], NOISE[1])
     small = max(4, S // 8)
     low = ndimage.zoom(img, (1, small / S, small / S), order=1)
