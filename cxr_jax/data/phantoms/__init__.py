@@ -38,7 +38,7 @@ trees, rib cortices, soft tissue, bowel gas, scatter, detector blur and quantum 
 of its own; see `texture`). `contrast` scales what the lung findings change (the difficulty
 dial). `realism(images)` measures how radiograph-like a batch is (spectral slope, pixel-scale
 power, gradient ratio); on 224-pixel images, four real radiographs give -3.48 / 2.2e-4 / 9.8,
-v1 -2.92 / 2.0e-3 / 14.1 and v2 -3.72 / 2.8e-4 / 11.8 (seed 1, 24 images).
+v1 -2.92 / 2.0e-3 / 14.1 and v2 -3.68 / 2.9e-4 / 10.6 (seed 1, 24 images).
 
 Modules (each step of a chunk draws its random values in the order `generator._render` calls it):
   schema     names (FINDINGS, CONCEPTS, ZONES, ...) and `PhantomBatch`
