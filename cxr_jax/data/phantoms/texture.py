@@ -132,6 +132,26 @@ def _tree_bank(seed: int, size: int) -> np.ndarray:
     return bank
 
 
+def _place(bank: np.ndarray, pick: np.ndarray, px: np.ndarray, y: np.ndarray, u0: float,
+           width: np.ndarray, v0: np.ndarray, height: np.ndarray) -> np.ndarray:
+    """bank[pick[b]] sampled (bilinear, zero outside the canvas) at u = (px - u0) / width,
+    v = (y - v0) / height for every pixel of image b. px and y are affine in the pixel
+    coordinates (the pose is a similarity), so each image is one affine resampling."""
+    B, S, _ = px.shape
+    n = bank.shape[-1]
+    out = np.empty((B, S, S), np.float32)
+    su, sv = (n - 1) / (_U[1] - _U[0]), (n - 1) / (_V[1] - _V[0])
+    for b in range(B):
+        # canvas (row, col) = A @ (r, c) + t, from the affine fields at three pixels
+        col0 = ((px[b, 0, 0] - u0) / width[b] - _U[0]) * su
+        row0 = ((y[b, 0, 0] - v0[b]) / height[b] - _V[0]) * sv
+        dcol = np.array([px[b, 1, 0] - px[b, 0, 0], px[b, 0, 1] - px[b, 0, 0]]) / width[b] * su
+        drow = np.array([y[b, 1, 0] - y[b, 0, 0], y[b, 0, 1] - y[b, 0, 0]]) / height[b] * sv
+        ndimage.affine_transform(bank[pick[b]], np.stack([drow, dcol]), offset=(row0, col0),
+                                 output=out[b], order=1, mode="constant", cval=0.0)
+    return out
+
+
 def vessels(d: _Draws, seed: int, fr, pt, lung: np.ndarray) -> np.ndarray:
     """Vessel markings [B, S, S] (unit intensities, already cut to the soft lungs `lung`): for
     each lung one tree of the seed's bank, placed at the hilum and stretched to the lung."""
@@ -144,11 +164,8 @@ def vessels(d: _Draws, seed: int, fr, pt, lung: np.ndarray) -> np.ndarray:
         pick = np.floor(d.uniform01(1)[:, 0] * TREES).astype(np.int64)
         width = _b(f["l"] - 0.12) * _b(d.u(0.95, 1.1))
         height = _b(np.maximum(hc - f["yt"], f["yb"] - hc))
-        u = (side * fr.X - 0.12) / width
-        v = (fr.Y - _b(hc)) / height
-        cu = (u - _U[0]) * (2.0 / (_U[1] - _U[0])) - 1.0
-        cv = (v - _V[0]) * (2.0 / (_V[1] - _V[0])) - 1.0
-        tree = _sample(bank[pick], cu, cv)
+        tree = _place(bank, pick, side * fr.X, fr.Y, 0.12, width[:, 0, 0], hc,
+                      height[:, 0, 0])
         tree *= side * fr.X > 0.0
         marks += tree
         hdx = (side * fr.X - 0.2) * (1 / 0.08)
