@@ -76,3 +76,17 @@ def test_v2_statistics_near_real_radiographs():
     assert 0.5 < v2["hf_fraction"][0] / r["hf_fraction"][0] < 2.0
     assert abs(v2["gradient_ratio"][0] / r["gradient_ratio"][0] - 1) < 0.25
     assert histogram_distance(real, stats["v2"]) < 0.5
+
+
+def test_side_by_side_figure_has_a_panel_per_column_and_image(tmp_path):
+    from PIL import Image
+
+    from cxr_jax.report.figures import save_columns
+
+    b = phantoms.generate(2, image_size=48, seed=0, style="v2", intensity="unit")
+    grey = b.images[..., 0]
+    path = save_columns({"v1": grey, "v2": grey, "masks": grey},
+                        str(tmp_path / "f.png"), contours={"masks": b.masks},
+                        notes={"masks": ["a", "b"]})
+    w, h = Image.open(path).size
+    assert w / h == pytest.approx(3 / 2, rel=0.1)  # 3 columns x 2 rows of square panels

@@ -1,6 +1,7 @@
 """All report writing: figures (matplotlib, headless), tables and the static HTML page.
 
-  figures   training curves, labelled matrices, saliency overlays (PNG, written atomically)
+  figures   training curves, labelled matrices, saliency overlays, images side by side (PNG,
+            written atomically)
   tables    Markdown / CSV / HTML tables with one number format
   html      index.html from (heading, body) sections
   gallery   paged galleries of captioned pictures (Card), index.html + page_NNN.html

@@ -96,3 +96,34 @@ def save_overlays(images: np.ndarray, maps: Mapping[str, np.ndarray], path: str,
             axes[i, 0].set_ylabel(row_titles[i], fontsize=7)
     fig.tight_layout()
     return save(fig, path, dpi=90)
+
+
+def save_columns(columns: Mapping[str, np.ndarray], path: str, *,
+                 contours: Mapping[str, np.ndarray] | None = None,
+                 notes: Mapping[str, Sequence[str]] | None = None) -> str:
+    """Images side by side: one column per entry of `columns` ({title: [N, H, W] grey}), one
+    row per image, each image shown in its own grey range.
+
+    Args:
+      contours: {title: [N, K, H, W] bool}: masks drawn as coloured contours over that column.
+      notes: {title: N strings} printed under each image of that column.
+    """
+    names = list(columns)
+    n = len(next(iter(columns.values())))
+    fig, axes = plt.subplots(n, len(names), figsize=(2.4 * len(names), 2.4 * n), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for j, name in enumerate(names):
+        for i in range(n):
+            ax = axes[i, j]
+            ax.imshow(np.asarray(columns[name][i], float), cmap="gray")
+            for k, m in enumerate((contours or {}).get(name, np.zeros((n, 0)))[i]):
+                if m.any():
+                    ax.contour(m, levels=[0.5], colors=[colours(k % 10)], linewidths=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=8)
+            if notes and name in notes:
+                ax.set_xlabel(notes[name][i], fontsize=6)
+    fig.tight_layout()
+    return save(fig, path, dpi=90)
