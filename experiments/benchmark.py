@@ -15,7 +15,7 @@ command on 100 images against its parts and writes DIR/explain_folder.json (see
 
 from absl import app, flags
 
-from cxr_jax import benchmark, benchmark_explain
+from cxr_jax import attribution, benchmark, benchmark_explain
 from experiments import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
@@ -43,7 +43,7 @@ def main(argv):
         r = benchmark_explain.explain_folder(
             _WORKDIR.value, model_name=_MODEL.value, n_images=_NUM_IMAGES.value,
             image_size=_IMAGE_SIZE.value, batch_size=_BATCH.value,
-            methods=_METHODS.value or benchmark_explain.attribution.FIRST_LOOK,
+            methods=_METHODS.value or attribution.FIRST_LOOK,
             repeats=_REPEATS.value, slow_s=_SLOW_S.value)
         parts = ", ".join(f"{k} {m['s_per_image']:.3f} s/img ({m['ratio_to_forward']:.1f} F, "
                           f"compile {m['compile_s']:.1f} s)" for k, m in r["methods"].items())

@@ -76,8 +76,10 @@ def find_images(images: str | os.PathLike, *, root: str | os.PathLike | None = N
         base = os.fspath(root) if root is not None else os.path.dirname(os.path.abspath(path))
         problems = [{"path": f"{path}, line {line}", "reason": reason}
                     for line, reason in table.problems]
-        items = [Item(p, output_name(os.path.relpath(p, base) if not os.path.isabs(p)
-                                     or p.startswith(base) else p)) for _, p in table.paths]
+        items = []
+        for _, p in table.paths:
+            rel = os.path.relpath(p, base)
+            items.append(Item(p, output_name(p if rel.startswith("..") else rel)))
         return _unique(items), problems
     return [Item(path, output_name(os.path.basename(path)))], []
 

@@ -24,6 +24,7 @@ import numpy as np
 from cxr_jax import attribution, models, runtime
 from cxr_jax.common.files import read_json, write_json
 from cxr_jax.common.progress import progress as progress_bar
+from cxr_jax.evaluation.methods import settings as method_settings
 from cxr_jax.explain import report
 from cxr_jax.explain.engine import Explainer, Timer, stream
 from cxr_jax.explain.inputs import Item, find_images, load_input
@@ -137,6 +138,50 @@ def _check_settings(workdir: str, settings: dict) -> None:
         write_json(path, settings)
 
 
+def _prepare(specs, loaded: models.Loaded, items: Sequence[Item], stats_dir: str,
+             stats_images: int, min_side: int) -> tuple[dict, list[str]]:
+    """The prepared methods (IBA statistics from `stats_dir` or estimated from `items`) and
+    the warnings preparing them gave (shown, and kept for results.json)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ready = attribution.prepare_all(
+            specs, loaded.model, loaded.variables,
+            _stats_source(items, loaded, stats_images, min_side),
+            cache=attribution.Cache(stats_dir))
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return ready, [str(w.message) for w in caught]
+
+
+def _explain_todo(explainer: Explainer, todo, writer: Writer, skipped: list, timer: Timer, *,
+                  min_side: int, progress: bool) -> int:
+    """Explains and writes the images not yet done; appends skipped files to `skipped`;
+    returns how many were explained."""
+    meta = explainer.loaded.metadata
+    bar = progress_bar(len(todo), desc="explain", unit="img") if progress and todo else None
+
+    def on_skip(item, reason):
+        skipped.append({"path": item.path, "reason": reason})
+        if bar is not None:  # the bar counts images explained, of those still possible
+            bar.total -= 1
+
+    def load(path):
+        return load_input(path, meta, min_side=min_side)
+
+    explained = 0
+    for batch in stream(explainer, todo, load, on_skip=on_skip, timer=timer):
+        t0 = time.perf_counter()
+        for r in batch:
+            writer.write(r)
+        timer.add("write", t0)
+        explained += len(batch)
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    return explained
+
+
 def explain_files(model: str | os.PathLike | models.Loaded, images: str | os.PathLike,
                   workdir: str | os.PathLike, *, methods: str | Sequence[str] = DEFAULT_METHODS,
                   targets: str | Sequence[str] = "top1", layer: str | None = None,
@@ -192,45 +237,20 @@ def explain_files(model: str | os.PathLike | models.Loaded, images: str | os.Pat
     t0 = time.perf_counter()
     stats_dir = os.path.join(workdir, "stats")
     copied = _copy_stats(iba_stats, stats_dir) if iba_stats else []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ready = attribution.prepare_all(
-            specs, loaded.model, loaded.variables,
-            _stats_source(items, loaded, stats_images, min_side),
-            cache=attribution.Cache(stats_dir))
-    for w in caught:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    ready, caught = _prepare(specs, loaded, items, stats_dir, stats_images, min_side)
     t0 = timer.add("prepare", t0)
     explainer = Explainer(loaded, ready, chosen, batch_size=batch_size, seed=seed)
     if todo:
         explainer.compile()
-    t0 = timer.add("compile", t0)
-
-    bar = progress_bar(len(todo), desc="explain", unit="img") if progress and todo else None
-
-    def on_skip(item, reason):
-        skipped.append({"path": item.path, "reason": reason})
-        if bar is not None:  # the bar counts images explained, of those still possible
-            bar.total -= 1
-
-    load = lambda path: load_input(path, meta, min_side=min_side)  # noqa: E731
-    explained = 0
-    for batch in stream(explainer, todo, load, on_skip=on_skip, timer=timer):
-        t0 = time.perf_counter()
-        for r in batch:
-            writer.write(r)
-        timer.add("write", t0)
-        explained += len(batch)
-        if bar is not None:
-            bar.update(len(batch))
-    if bar is not None:
-        bar.close()
+    timer.add("compile", t0)
+    explained = _explain_todo(explainer, todo, writer, skipped, timer, min_side=min_side,
+                              progress=progress)
     results = {
         "model": meta.summary(), "images": os.fspath(images), "targets": chosen.spec,
-        "methods": {k: [p.method, p.settings()] for k, p in ready.items()},
+        "methods": method_settings(ready),
         "batch_size": explainer.batch_size, "devices": len(jax.local_devices()),
         "iba_stats": {"copied": copied, "folder": stats_dir} if copied else stats_dir,
-        "warnings": [str(w.message) for w in caught],
+        "warnings": caught,
         "counts": {"listed": len(items), "explained": explained,
                    "done_before": len(items) - len(todo),
                    "skipped": len(skipped)},

@@ -48,24 +48,6 @@ def draws(seed: int, index: np.ndarray) -> _Draws:
     return _Draws(seed ^ _SALT, index)
 
 
-def _sample(field: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Bilinear samples of fields [B, S, S] (over [-1, 1]^2) at coordinates u (columns) and v
-    (rows), each [B, S, S]; coordinates outside are clamped to the edge."""
-    B, S, _ = field.shape
-    fu = np.clip((u + 1.0) * (0.5 * (S - 1)), 0.0, S - 1.001)
-    fv = np.clip((v + 1.0) * (0.5 * (S - 1)), 0.0, S - 1.001)
-    iu, iv = fu.astype(np.int32), fv.astype(np.int32)
-    au, av = fu - iu, fv - iv
-    flat = field.reshape(B, -1)
-    base = iv * S + iu
-    rows = np.arange(B)[:, None, None]
-    f00 = flat[rows, base]
-    f01 = flat[rows, base + 1]
-    f10 = flat[rows, base + S]
-    f11 = flat[rows, base + S + 1]
-    return (f00 * (1 - au) + f01 * au) * (1 - av) + (f10 * (1 - au) + f11 * au) * av
-
-
 TREES = 24            # vessel trees kept per (seed, size)
 # The tree canvas spans u (lateral distance from the hilum, in lung widths) in [-0.1, 1.1] and
 # v (height from the hilum, in lung half-heights) in [-1.1, 1.1].
