@@ -37,8 +37,16 @@ def test_realism_known_answers():
 def test_v2_draws_the_same_patients_and_findings_deterministically():
     v1 = phantoms.generate(6, image_size=96, seed=3)
     v2 = phantoms.generate(6, image_size=96, seed=3, style="v2")
-    for field in ("labels", "masks", "concepts", "severity", "ctr"):
+    for field in ("labels", "severity", "ctr"):
         np.testing.assert_array_equal(getattr(v1, field), getattr(v2, field))
+    same = [phantoms.FINDINGS.index(k) for k in ("effusion", "pneumothorax", "cardiomegaly",
+                                                 "foreign_object")]
+    np.testing.assert_array_equal(v1.masks[:, same], v2.masks[:, same])
+    for k in ("nodule", "mass"):   # spicules only push the margin outwards
+        j = phantoms.FINDINGS.index(k)
+        assert not (v1.masks[:, j] & ~v2.masks[:, j]).any()
+    anatomy = [phantoms.CONCEPTS.index(c) for c in phantoms.CONCEPTS[:9]]
+    np.testing.assert_array_equal(v1.concepts[:, anatomy], v2.concepts[:, anatomy])
     assert not np.allclose(v1.images, v2.images)
     tail = phantoms.generate(3, image_size=96, seed=3, style="v2", start=3, num_threads=1)
     np.testing.assert_array_equal(tail.images, v2.images[3:])           # (seed, index) only
@@ -90,3 +98,28 @@ def test_side_by_side_figure_has_a_panel_per_column_and_image(tmp_path):
                         notes={"masks": ["a", "b"]})
     w, h = Image.open(path).size
     assert w / h == pytest.approx(3 / 2, rel=0.1)  # 3 columns x 2 rows of square panels
+
+
+def test_tubes_change_exactly_their_masks_and_are_not_findings():
+    from cxr_jax.data.phantoms import tubes
+    from cxr_jax.data.phantoms.anatomy import draw_patient
+    from cxr_jax.data.phantoms.geometry import draw_frame
+    from cxr_jax.data.phantoms._fields import _Draws
+    d = _Draws(5, np.arange(64))
+    fr = draw_frame(d, 64)
+    pt = draw_patient(d, np.full(len(phantoms.FINDINGS), 0.4))
+    img = np.zeros((64, 64, 64), np.float32)
+    masks = tubes.draw(_Draws(9, np.arange(64)), fr, pt, img)
+    union = np.any(masks, axis=0)
+    assert (img[union] > 0).all() and (img[~union] == 0).all()
+    rates = [m.any(axis=(1, 2)).mean() for m in masks]
+    assert all(0.02 < r < 0.4 for r in rates), rates           # TUBE_RATE 0.15 each
+    batch = phantoms.generate(64, image_size=64, seed=5, style="v2")
+    tube_ids = [phantoms.CONCEPTS.index(n) for n in tubes.NAMES]
+    present = batch.concepts[:, tube_ids].any(axis=(2, 3))
+    assert present.any()
+    # a tube is neither a label nor a finding mask, and v1 draws none
+    assert not phantoms.generate(16, image_size=64, seed=5).concepts[:, tube_ids].any()
+    et = batch.concepts[:, phantoms.CONCEPTS.index("et_tube")]
+    lungs = batch.concepts[:, :2].any(axis=1)
+    assert (et & lungs).sum() < 0.05 * max(et.sum(), 1)       # the ET tube runs in the trachea

@@ -128,9 +128,12 @@ def _heart_shape(d: _Draws, lungs, ctr) -> dict[str, np.ndarray]:
 def render(d: _Draws, fr: Frame, pt: Patient, style: str = "v1") -> Anatomy:
     """Draws the healthy chest of every image of the chunk (draws only the markings' field).
 
-    style "v2" draws thinner ribs with bright cortices, a fainter spine behind the mediastinum
-    and a darker trachea; the masks are the same as v1's."""
+    style "v2" draws a body that thins towards its outline, thinner ribs with bright cortices,
+    a fainter spine behind the mediastinum and a darker trachea; the masks are the same as
+    v1's."""
     w, body_bin, body = _body(fr, pt)
+    if style == "v2":  # a rounded body: thinner, so fainter, towards its outline
+        body *= 0.4 + 0.6 * np.sqrt(np.clip(w * (1 / 0.16), 0.0, 1.0))
     domes = {side: dome(fr.px[side], pt.lungs[side]) for side in (-1, +1)}
     dome_y = np.where(fr.X < 0, domes[-1], domes[+1])
     abd = _soft(fr.Y - dome_y, 2 * fr.edge)
@@ -244,7 +247,7 @@ def _ribs(fr: Frame, pt: Patient, domes, lung_ell, cortex: bool = False):
         ribs_bin[..., cs] |= (ph < 0.17) & (cage > 0)
         if cortex:
             band = _soft(0.12 - ph, 0.05)
-            band *= 0.45 + 0.75 * np.minimum(ph * (1 / 0.12), 1.0) ** 2
+            band *= 0.55 + 0.9 * np.minimum(ph * (1 / 0.12), 1.0) ** 2
         else:
             band = _soft(0.17 - ph, 0.1)
         band *= _soft(cage, 0.06)

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from cxr_jax.data.phantoms import blend
 from cxr_jax.data.phantoms._fields import _b, _Draws, _smooth
 from cxr_jax.data.phantoms.anatomy import Anatomy, Patient
 from cxr_jax.data.phantoms.geometry import SKEW, Frame, lung_e, to_pixel
@@ -28,21 +29,23 @@ _ROUND_LESIONS = (("nodule", 0.07, 0.095, 0.38, 0.48, 0.0),
                   ("mass", 0.11, 0.16, 0.24, 0.34, 0.35))
 
 
-def render(d: _Draws, fr: Frame, pt: Patient, an: Anatomy, masks: np.ndarray) -> np.ndarray:
+def render(d: _Draws, fr: Frame, pt: Patient, an: Anatomy, masks: np.ndarray,
+           v: blend.Draws | None = None) -> np.ndarray:
     """Draws the lung findings and cardiomegaly onto an.img (adding the lung markings once the
     pneumothorax has erased them from its crescent) and into `masks` [B, K, S, S] (all False on
-    entry). Returns the BrixIA severity [B, 6] int32."""
+    entry). With `v` (style v2) the lesions, consolidation and haze blend in (`blend`).
+    Returns the BrixIA severity [B, 6] int32."""
     wfield = {"mass": d.field(8), "consolidation": d.field(12), "opacity": d.field(8),
               "mottle": d.field(22)}
     for name, r_lo, r_hi, a_lo, a_hi, lobe in _ROUND_LESIONS:
         lobes = wfield["mass"] if lobe else None
-        _round_lesion(d, fr, pt, an, masks, name, (r_lo, r_hi), (a_lo, a_hi), lobe, lobes)
-    _consolidation(d, fr, pt, an, masks, wfield["consolidation"], wfield["mottle"])
+        _round_lesion(d, fr, pt, an, masks, name, (r_lo, r_hi), (a_lo, a_hi), lobe, lobes, v)
+    _consolidation(d, fr, pt, an, masks, wfield["consolidation"], wfield["mottle"], v)
     _effusion(d, fr, pt, an, masks)
     _pneumothorax(d, fr, pt, an, masks)
     an.img += an.marks
     severity = _draw_severity(d, pt.has["opacity"])
-    _opacity(fr, pt, an, masks, severity, wfield["opacity"])
+    _opacity(fr, pt, an, masks, severity, wfield["opacity"], v)
     masks[:, _K["cardiomegaly"]] = an.heart_bin & pt.has["cardiomegaly"][:, None, None]
     return severity
 
@@ -90,9 +93,9 @@ def _paint_blob(an: Anatomy, masks, name, sub, qq, amp, gain, texture=None) -> N
 
 
 def _round_lesion(d, fr: Frame, pt: Patient, an: Anatomy, masks, name, radii, amps, lobe,
-                  lobes) -> None:
+                  lobes, v: blend.Draws | None) -> None:
     """Nodule or mass: a round opacity (lobulated by the field coefficients `lobes` when lobe
-    > 0) at a lung site with room for most of it."""
+    > 0) at a lung site with room for most of it; with `v`, soft and partly spiculated."""
     radius = np.maximum(d.u(*radii), 1.6 * fr.pix)
     amp = d.u(*amps)
     x0, y0 = _lung_site(d, fr, pt, an, 0.15, 0.85, -0.6, 0.7, 0.8 * radius)
@@ -103,23 +106,43 @@ def _round_lesion(d, fr: Frame, pt: Patient, an: Anatomy, masks, name, radii, am
     qq = (ddx * ddx + ddy * ddy) * _b(1.0 / radius[sub] ** 2)
     if lobe:
         qq *= 1.0 + lobe * np.tanh(_smooth(lobes[sub], fr.S))
-    _paint_blob(an, masks, name, sub, qq, amp, 1.8)
+    if v is None:
+        _paint_blob(an, masks, name, sub, qq, amp, 1.8)
+        return
+    qq = blend.spiculate(v, sub, ddx, ddy, qq)
+    m = (qq < 1.0) & an.lung_any[sub]
+    masks[sub, _K[name]] = m
+    an.img[sub] += _b(amp[sub]) * blend.soft_profile(qq) * m
 
 
-def _consolidation(d, fr: Frame, pt: Patient, an: Anatomy, masks, shape, mottle) -> None:
+def _consolidation(d, fr: Frame, pt: Patient, an: Anatomy, masks, shape, mottle,
+                   v: blend.Draws | None) -> None:
     """Segmental to lobar ill-defined opacity whose outline the field `shape` roughens; mottled
-    on a fine scale by the field `mottle` (alveolar filling is patchy, unlike the zone haze)."""
+    on a fine scale by the field `mottle` (alveolar filling is patchy, unlike the zone haze).
+    With `v`: lobar or patchy, hiding the vessels, with air bronchograms."""
     rx, ry = d.u(0.18, 0.28), d.u(0.15, 0.24)
     amp = d.u(0.30, 0.40)
     x0, y0 = _lung_site(d, fr, pt, an, 0.1, 0.6, -0.4, 0.5, 0.4 * np.minimum(rx, ry))
     sub = np.nonzero(pt.has["consolidation"])[0]
     if not sub.size:
         return
-    a_ = (fr.X[sub] - _b(x0[sub])) * _b(1.0 / rx[sub])
-    b_ = (fr.Y[sub] - _b(y0[sub])) * _b(1.0 / ry[sub])
-    qq = a_ * a_ + b_ * b_ + 0.5 * _smooth(shape[sub], fr.S)
+    if v is None:
+        grow, rough = np.ones(sub.size), np.full(sub.size, 0.5)
+    else:
+        grow, rough = blend.consolidation_shape(v, sub)
+    a_ = (fr.X[sub] - _b(x0[sub])) * _b(1.0 / (rx[sub] * grow))
+    b_ = (fr.Y[sub] - _b(y0[sub])) * _b(1.0 / (ry[sub] * grow))
+    qq = a_ * a_ + b_ * b_ + _b(rough) * _smooth(shape[sub], fr.S)
     texture = np.clip(0.7 + 0.3 * _smooth(mottle[sub], fr.S), 0.3, 1.0)
-    _paint_blob(an, masks, "consolidation", sub, qq, amp, 2.0, texture)
+    if v is None:
+        _paint_blob(an, masks, "consolidation", sub, qq, amp, 2.0, texture)
+        return
+    m = (qq < 1.0) & an.lung_any[sub]
+    masks[sub, _K["consolidation"]] = m
+    weight = np.clip(2.0 * (1.0 - qq), 0.0, 1.0) * texture * m
+    marks = an.marks[sub]
+    an.img[sub] += blend.silhouette(marks, weight, amp[sub])
+    an.marks[sub] = marks
 
 
 def _effusion(d, fr: Frame, pt: Patient, an: Anatomy, masks) -> None:
@@ -187,25 +210,34 @@ def _draw_severity(d: _Draws, has_opacity: np.ndarray) -> np.ndarray:
     return np.where(involved & has_opacity[:, None], scores, 0).astype(np.int32)
 
 
-def _opacity(fr: Frame, pt: Patient, an: Anatomy, masks, severity, texture_coeffs) -> None:
+def _opacity(fr: Frame, pt: Patient, an: Anatomy, masks, severity, texture_coeffs,
+             v: blend.Draws | None) -> None:
     """Diffuse haze over each scored zone (thirds of a lung's apex-to-base height), its
-    brightness set by the score and modulated by a smooth texture."""
+    brightness set by the score and modulated by a smooth texture (with `v`: `blend.haze`)."""
     sub = np.nonzero(pt.has["opacity"])[0]
     if not sub.size:
         return
-    Y = fr.Y[sub]
-    tex = np.clip(0.75 + 0.25 * _smooth(texture_coeffs[sub], fr.S), 0.4, 1.0)
-    zone_amp = np.zeros((sub.size, fr.S, fr.S), np.float32)
-    for j, side in enumerate((-1, +1)):
-        f = pt.lungs[side]
-        y1 = _b((f["yt"] + f["h"] / 3)[sub])
-        y2 = _b((f["yt"] + 2 * f["h"] / 3)[sub])
-        sc = _OPACITY_AMPLITUDE[severity[sub, 3 * j:3 * j + 3]]
-        za = _b(sc[:, 0]) + _b(sc[:, 1] - sc[:, 0]) * (Y >= y1) \
-            + _b(sc[:, 2] - sc[:, 1]) * (Y >= y2)
-        zone_amp += za * an.lung_bins[side][sub]
-    masks[sub, _K["opacity"]] = zone_amp > 0
-    an.img[sub] += zone_amp * tex
+
+    def zone_amp(Y):
+        out = np.zeros((sub.size, fr.S, fr.S), np.float32)
+        for j, side in enumerate((-1, +1)):
+            f = pt.lungs[side]
+            y1 = _b((f["yt"] + f["h"] / 3)[sub])
+            y2 = _b((f["yt"] + 2 * f["h"] / 3)[sub])
+            sc = _OPACITY_AMPLITUDE[severity[sub, 3 * j:3 * j + 3]]
+            za = _b(sc[:, 0]) + _b(sc[:, 1] - sc[:, 0]) * (Y >= y1) \
+                + _b(sc[:, 2] - sc[:, 1]) * (Y >= y2)
+            out += za * an.lung_bins[side][sub]
+        return out
+
+    if v is not None:
+        add, masks[sub, _K["opacity"]] = blend.haze(v, sub, fr.Y[sub], zone_amp, fr.S)
+        an.img[sub] += add
+        return
+    amp = zone_amp(fr.Y[sub])
+    masks[sub, _K["opacity"]] = amp > 0
+    amp *= np.clip(0.75 + 0.25 * _smooth(texture_coeffs[sub], fr.S), 0.4, 1.0)
+    an.img[sub] += amp
 
 
 class _Object(NamedTuple):

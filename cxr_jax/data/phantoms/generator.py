@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from cxr_jax.data.phantoms import anatomy, film, findings, texture
+from cxr_jax.data.phantoms import anatomy, blend, film, findings, texture, tubes
 from cxr_jax.data.phantoms._fields import _Draws
 from cxr_jax.data.phantoms.geometry import draw_frame
 from cxr_jax.data.phantoms.schema import (CONCEPTS, DEFAULT_PREVALENCE, FINDINGS, INTENSITIES,
@@ -37,17 +37,18 @@ def _render(seed: int, out: PhantomBatch, lo: int, hi: int, prev: np.ndarray,
     d2 = texture.draws(seed, out.index[lo:hi]) if style == "v2" else None
     if d2 is not None:
         an.marks = texture.vessels(d2, seed, fr, pt, an.lung)
-        texture.soft_tissue(d2, fr, pt, an.body, an.img)
+        texture.soft_tissue(d2, fr, pt, an.body, an.lung, an.img)
     masks = out.masks[lo:hi]
     masks[...] = False
     healthy = an.img + an.marks if contrast != 1.0 else None
-    severity = findings.render(d, fr, pt, an, masks)
+    severity = findings.render(d, fr, pt, an, masks, blend.draw(d2) if d2 is not None else None)
     img = an.img
     if healthy is not None:  # scale what the findings changed
         img -= healthy
         img *= np.float32(contrast)
         img += healthy
     film.expose(d, fr.S, pt.contrast, pt.bright, img)
+    lines = tubes.draw(d2, fr, pt, img) if d2 is not None else (fr.zeros(bool),) * 3
     fo_bin = findings.foreign_objects(d, fr, pt.has["foreign_object"], img, masks)
     img, marker, shortcut_bin = film.burn_marker(d, fr.S, img, masks, shortcut)
     if d2 is None:
@@ -62,6 +63,8 @@ def _render(seed: int, out: PhantomBatch, lo: int, hi: int, prev: np.ndarray,
     concepts = out.concepts[lo:hi]
     for j, m in enumerate(an.concept_masks() + (fo_bin,)):
         concepts[:, j] = m
+    for name, m in zip(tubes.NAMES, lines):
+        concepts[:, CONCEPTS.index(name)] = m
     np.any(masks[:, _OPACITY_SOURCES], axis=1, out=concepts[:, CONCEPTS.index("opacity")])
     out.severity[lo:hi] = severity
     out.shortcut_mask[lo:hi] = shortcut_bin

@@ -34,13 +34,14 @@ _SALT = 0x76320001    # v2's own draws: _Draws(seed ^ _SALT, index)
 BLUR = 0.67            # detector blur sd, pixels at 224 (scaled with the image size)
 NOISE = (0.0055, 0.011)  # quantum noise sd at full signal (scaled by sqrt(signal))
 VESSEL = (0.30, 0.375)  # vessel contrast
-MOTTLE = 0.035         # body texture amplitude (coarse field)
+MOTTLE = 0.015         # body texture amplitude (coarse field)
 THICK = (0.015, 0.03)  # brightening towards the midline (path length through the chest)
-FINE = 0.055          # amplitude of the pixel-scale texture
+FINE = 0.05           # amplitude of the pixel-scale texture
 SHADE = 0.03         # smooth relative density variation
 SCATTER = (0.08, 0.16)  # share of the image spread as a veil
 GAS = (0.09, 0.18)    # bowel gas below the diaphragm
 ARMS = (0.18, 0.32)   # soft tissue beside the chest
+WALL = (0.08, 0.14)   # chest-wall overlap of the lateral lungs and apices
 
 
 def draws(seed: int, index: np.ndarray) -> _Draws:
@@ -158,7 +159,7 @@ def vessels(d: _Draws, seed: int, fr, pt, lung: np.ndarray) -> np.ndarray:
     return marks
 
 
-def soft_tissue(d: _Draws, fr, pt, body: np.ndarray, img: np.ndarray) -> None:
+def soft_tissue(d: _Draws, fr, pt, body: np.ndarray, lung: np.ndarray, img: np.ndarray) -> None:
     """Adds shoulder / axillary soft tissue, breast shadows and a mottled body texture (in
     place; `body` is the soft body mask)."""
     female = d.bern(0.5)
@@ -175,8 +176,13 @@ def soft_tissue(d: _Draws, fr, pt, body: np.ndarray, img: np.ndarray) -> None:
     top = np.clip(-(fr.Y + 0.35) * (1 / 0.4), 0.0, 1.0)
     lateral = np.clip((fr.absX - 0.5) * (1 / 0.35), 0.0, 1.0)
     add += _b(shoulder) * np.maximum(top, lateral * 0.7)
+    # Lungs brighter towards the chest wall and apices, where more tissue overlaps them.
+    wall = np.clip((fr.absX - 0.38) * (1 / 0.34), 0.0, 1.0) ** 2
+    wall += np.clip(-(fr.Y + 0.4) * (1 / 0.35), 0.0, 1.0) ** 2
+    add += _b(d.u(*WALL)) * wall
     add += MOTTLE * mottle
-    add += FINE * _smooth(d.field(80), fr.S)  # pixel-scale tissue texture
+    # Pixel-scale texture: the lung interstitium, fainter in the soft tissue.
+    add += FINE * _smooth(d.field(80), fr.S) * (0.8 + 0.4 * lung)
     # Path length through an elliptical chest: thicker (brighter) towards the midline.
     add += _b(d.u(*THICK)) * np.sqrt(np.clip(1.0 - (fr.X * (1 / 0.95)) ** 2, 0.0, 1.0))
     add *= body
@@ -189,7 +195,7 @@ def soft_tissue(d: _Draws, fr, pt, body: np.ndarray, img: np.ndarray) -> None:
     gas *= abdomen
     img -= _b(d.u(*GAS)) * gas
     # Outside the chest wall: arms and shoulder soft tissue rather than black air.
-    arms = _b(d.u(*ARMS)) * np.clip(0.6 + 0.5 * (fr.Y + 0.2), 0.2, 1.0)
+    arms = _b(d.u(*ARMS)) * np.clip(0.8 + 0.4 * (fr.Y + 0.2), 0.5, 1.0)
     arms *= 1.0 + 0.3 * mottle
     img += arms * (1.0 - body)
 
