@@ -4,10 +4,13 @@ r"""Times the forward pass and every attribution method, as ratios to the forwar
         --image_size 224 --batch_size 8 [--methods gradcam,iba]
 
     python -m experiments.benchmark --workdir runs/bench --case explain_folder
+    python -m experiments.benchmark --workdir runs/bench --case metrics
 
 Writes DIR/benchmark.json (see `cxr_jax.benchmark`); the case `explain_folder` times the explain
 command on 100 images against its parts and writes DIR/explain_folder.json (see
-`cxr_jax.benchmark_explain`). `--keep_freed_memory` (on by default, see
+`cxr_jax.benchmark_explain`); the case `metrics` times every evaluation metric per image and
+in forward passes and writes DIR/metrics.json (see `cxr_jax.benchmark_metrics`).
+`--keep_freed_memory` (on by default, see
 `cxr_jax.runtime.keep_freed_memory`) makes malloc reuse XLA's per-call scratch memory;
 `--nokeep_freed_memory` times the default. The persistent compilation cache is off unless
 --compilation_cache is given, because compile time is one of the things measured.
@@ -15,7 +18,7 @@ command on 100 images against its parts and writes DIR/explain_folder.json (see
 
 from absl import app, flags
 
-from cxr_jax import attribution, benchmark, benchmark_explain
+from cxr_jax import attribution, benchmark, benchmark_explain, benchmark_metrics
 from experiments import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
@@ -28,9 +31,10 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per method (fewer for
 _SLOW_S = flags.DEFINE_float("slow_s", 30.0, "A method whose warm-up call takes longer than "
                              "this is timed once.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Re-time methods already in the file.")
-_CASE = flags.DEFINE_enum("case", "methods", ["methods", "explain_folder"],
+_CASE = flags.DEFINE_enum("case", "methods", ["methods", "explain_folder", "metrics"],
                           "methods: the forward pass and each method; explain_folder: the "
-                          "explain command on --num_images PNGs against its parts.")
+                          "explain command on --num_images PNGs against its parts; metrics: "
+                          "each evaluation metric per image.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 100, "Images of the explain_folder case.")
 
 
@@ -50,6 +54,18 @@ def main(argv):
         print(f"forward {r['forward_s_per_image'] * 1e3:.1f} ms/img; decode {r['decode_s']:.1f}"
               f" s; {parts}\ncommand {r['wall_s']:.1f} s wall vs {r['expected_s']:.1f} s "
               f"expected: ratio {r['ratio']:.2f}")
+        return
+    if _CASE.value == "metrics":
+        r = benchmark_metrics.metrics_case(
+            _WORKDIR.value, model_name=_MODEL.value, image_size=_IMAGE_SIZE.value,
+            batch_size=_BATCH.value, num_classes=_CLASSES.value, repeats=_REPEATS.value,
+            slow_s=_SLOW_S.value)
+        rows = [f"{'forward':44s} {r['forward_s_per_image'] * 1e3:9.1f} ms/img"]
+        for name, m in r["metrics"].items():
+            rows.append(f"{name:44s} {m['s_per_image']:9.4f} s/img {m['ratio_to_forward']:8.1f} F"
+                        f" ({m['forwards_per_image']} forwards/img, compile "
+                        f"{m['compile_s']:.1f} s)")
+        print("\n".join(rows))
         return
     result = benchmark.run(_WORKDIR.value, model_name=_MODEL.value, image_size=_IMAGE_SIZE.value,
                            batch_size=_BATCH.value, num_classes=_CLASSES.value,

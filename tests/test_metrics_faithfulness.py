@@ -14,6 +14,7 @@ from cxr_jax.metrics import (
     gaussian_blur,
     insertion_auc,
     insertion_curve,
+    insertion_deletion,
     sensitivity_n,
     sensitivity_n_values,
 )
@@ -54,6 +55,36 @@ def test_deletion_and_insertion_hand_computed():
     np.testing.assert_allclose(i.scores[0], sigmoid([0, 2, 5, 9, 10]), rtol=1e-6)
     np.testing.assert_allclose(insertion_auc(MODEL, v, x, sal, t, **kw),
                                [np.trapezoid(sigmoid([0, 2, 5, 9, 10]), dx=0.25)], rtol=1e-6)
+
+
+def test_insertion_deletion_together_equal_the_two_curves_and_the_hand_values():
+    x, v, sal = _two_by_two()
+    t = jnp.array([0])
+    kw = dict(baseline="zeros", pixels_per_step=1, fraction=1.0)
+    ins, dele = insertion_deletion(MODEL, v, x, sal, t, **kw)
+    np.testing.assert_allclose(dele.scores[0], sigmoid([10, 8, 5, 1, 0]), rtol=1e-6)
+    np.testing.assert_allclose(ins.scores[0], sigmoid([0, 2, 5, 9, 10]), rtol=1e-6)
+    # random maps with ties, several images, partial last step, a blurred baseline
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 9, 7, 2)), jnp.float32)
+    v = {"w": jnp.asarray(rng.normal(size=(9, 7, 2, 3)), jnp.float32), "b": jnp.zeros(3)}
+    sal = jnp.asarray(rng.integers(0, 4, size=(3, 9, 7)), jnp.float32)   # many ties
+    t = jnp.array([0, 2, 1])
+    kw = dict(baseline="blur", sigma=1.5, pixels_per_step=5, fraction=0.7, steps_per_batch=3)
+    both = insertion_deletion(MODEL, v, x, sal, t, **kw)
+    for got, want in zip(both, (insertion_curve(MODEL, v, x, sal, t, **kw),
+                                deletion_curve(MODEL, v, x, sal, t, **kw))):
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
+        np.testing.assert_allclose(got.auc, want.auc, rtol=1e-6)
+    # the ranking is the stable descending order: ties go in row-major order
+    flat = np.asarray(sal).reshape(3, -1)
+    rank = np.argsort(np.argsort(-flat, axis=1, kind="stable"), axis=1)
+    n = round(0.7 * 63)
+    first_step = (rank < 5) & (rank < n)       # the pixels deleted at step 1
+    img1 = np.where(first_step.reshape(3, 9, 7, 1), np.asarray(gaussian_blur(x, 1.5)), x)
+    logits = np.einsum("bhwc,hwck->bk", img1, np.asarray(v["w"]))
+    np.testing.assert_allclose(both[1].scores[:, 1], sigmoid(logits[[0, 1, 2], [0, 2, 1]]),
+                               rtol=1e-5)
 
 
 def test_partial_last_step_budget_and_ties():

@@ -40,6 +40,7 @@ from cxr_jax.metrics.faithfulness import (
     gaussian_blur,
     insertion_auc,
     insertion_curve,
+    insertion_deletion,
     sensitivity_n,
     sensitivity_n_values,
 )
@@ -102,6 +103,7 @@ __all__ = [
     "gaussian_blur",
     "insertion_auc",
     "insertion_curve",
+    "insertion_deletion",
     "sensitivity_n",
     "sensitivity_n_values",
     # randomisation and consistency

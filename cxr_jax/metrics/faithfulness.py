@@ -36,6 +36,7 @@ __all__ = [
     "insertion_curve",
     "deletion_auc",
     "insertion_auc",
+    "insertion_deletion",
     "SensitivityN",
     "sensitivity_n",
     "sensitivity_n_values",
@@ -111,8 +112,22 @@ class PerturbationCurve(NamedTuple):
     fractions: jax.Array
 
 
-def _perturbation_curve(mode, model, variables, x, saliency, targets, *, baseline, sigma,
-                        pixels_per_step, fraction, steps_per_batch):
+def _step_of(saliency, n_total: int, pixels_per_step: int, n_steps: int):
+    """[B, H, W, 1] step at which each pixel is perturbed: the pixel of saliency rank r
+    (descending, ties in row-major order) at step r // pixels_per_step + 1, none (n_steps + 1)
+    beyond the budget. One sort; the ranks are scattered back, not sorted again."""
+    b, h, w = saliency.shape
+    order = jnp.argsort(-saliency.reshape(b, h * w), axis=-1, stable=True)
+    ranks = jnp.broadcast_to(jnp.arange(h * w), (b, h * w))
+    rank = jnp.zeros((b, h * w), jnp.int32).at[jnp.arange(b)[:, None], order].set(ranks)
+    step_of = jnp.where(rank < n_total, rank // pixels_per_step + 1, n_steps + 1)
+    return step_of.reshape(b, h, w, 1)
+
+
+def _curves(modes, model, variables, x, saliency, targets, *, baseline, sigma,
+            pixels_per_step, fraction, steps_per_batch) -> tuple[PerturbationCurve, ...]:
+    """The curves of `modes` ("deletion" / "insertion") from one ranking and one lax.map over
+    the steps of all of them."""
     x, saliency = _check_inputs(x, saliency)
     b, h, w, _ = x.shape
     if pixels_per_step < 1 or int(pixels_per_step) != pixels_per_step:
@@ -124,26 +139,23 @@ def _perturbation_curve(mode, model, variables, x, saliency, targets, *, baselin
     n_steps = math.ceil(n_total / pixels_per_step)
     score = score_fn(targets, b, probability=True)
     base = _baseline(x, baseline, sigma)
+    step_of = _step_of(saliency, n_total, pixels_per_step, n_steps)
+    # image_k of mode m: past step k the pixel is `end`, before it `start`
+    ends = jnp.stack([base if m == "deletion" else x for m in modes])      # [M, B, H, W, C]
+    starts = jnp.stack([x if m == "deletion" else base for m in modes])
 
-    # Rank pixels by saliency (descending; ties in row-major order) and record the step at
-    # which each pixel is perturbed: the pixel of rank r at step r // pps + 1, none beyond the
-    # budget.
-    flat = saliency.reshape(b, h * w)
-    order = jnp.argsort(-flat, axis=-1, stable=True)
-    rank = jnp.argsort(order, axis=-1)
-    step_of = jnp.where(rank < n_total, rank // pixels_per_step + 1, n_steps + 1)
-    step_of = step_of.reshape(b, h, w, 1)
-    start, end = (x, base) if mode == "deletion" else (base, x)
-
-    def at_step(k):
-        img = jnp.where(step_of <= k, end, start)
+    def at_step(mk):
+        m, k = mk // (n_steps + 1), mk % (n_steps + 1)
+        img = jnp.where(step_of <= k, ends[m], starts[m])
         return score(model.apply(variables, img))
 
-    scores = jax.lax.map(at_step, jnp.arange(n_steps + 1), batch_size=steps_per_batch)
-    scores = scores.T  # [B, S + 1]
+    total = len(modes) * (n_steps + 1)
+    scores = jax.lax.map(at_step, jnp.arange(total), batch_size=min(steps_per_batch, total))
+    scores = scores.reshape(len(modes), n_steps + 1, b).transpose(0, 2, 1)   # [M, B, S + 1]
     fractions = jnp.minimum(jnp.arange(n_steps + 1) * pixels_per_step, n_total) / n_total
     auc = jnp.trapezoid(scores, fractions, axis=-1)
-    return PerturbationCurve(auc, scores, fractions.astype(scores.dtype))
+    fr = fractions.astype(scores.dtype)
+    return tuple(PerturbationCurve(auc[i], scores[i], fr) for i in range(len(modes)))
 
 
 _CURVE_DOC = """
@@ -177,9 +189,9 @@ _CURVE_DOC = """
 def deletion_curve(model, variables, x, saliency, targets: Targets, *, baseline="blur",
                    sigma: float = 10.0, pixels_per_step: int = 25, fraction: float = 0.5,
                    steps_per_batch: int = 16) -> PerturbationCurve:
-    return _perturbation_curve("deletion", model, variables, x, saliency, targets,
-                               baseline=baseline, sigma=sigma, pixels_per_step=pixels_per_step,
-                               fraction=fraction, steps_per_batch=steps_per_batch)
+    return _curves(("deletion",), model, variables, x, saliency, targets, baseline=baseline,
+                   sigma=sigma, pixels_per_step=pixels_per_step, fraction=fraction,
+                   steps_per_batch=steps_per_batch)[0]
 
 
 deletion_curve.__doc__ = (
@@ -191,15 +203,27 @@ deletion_curve.__doc__ = (
 def insertion_curve(model, variables, x, saliency, targets: Targets, *, baseline="blur",
                     sigma: float = 10.0, pixels_per_step: int = 25, fraction: float = 0.5,
                     steps_per_batch: int = 16) -> PerturbationCurve:
-    return _perturbation_curve("insertion", model, variables, x, saliency, targets,
-                               baseline=baseline, sigma=sigma, pixels_per_step=pixels_per_step,
-                               fraction=fraction, steps_per_batch=steps_per_batch)
+    return _curves(("insertion",), model, variables, x, saliency, targets, baseline=baseline,
+                   sigma=sigma, pixels_per_step=pixels_per_step, fraction=fraction,
+                   steps_per_batch=steps_per_batch)[0]
 
 
 insertion_curve.__doc__ = (
     "Insertion curve: restore the most salient pixels into the baseline, step by step; a "
     "faithful map makes the score rise fast (high AUC is good).\n\n"
     "    image_k = where(rank < k * pixels_per_step, x, baseline), k = 0 ... S." + _CURVE_DOC)
+
+
+def insertion_deletion(model, variables, x, saliency, targets: Targets, *, baseline="blur",
+                       sigma: float = 10.0, pixels_per_step: int = 25, fraction: float = 0.5,
+                       steps_per_batch: int = 16) -> tuple[PerturbationCurve, PerturbationCurve]:
+    """(insertion_curve, deletion_curve) of the same maps, equal to the two calls, from one
+    ranking of the pixels and one lax.map over the steps of both curves (arguments as
+    theirs). What evaluation runs: maps of several methods can share the call by stacking
+    them along the batch axis."""
+    return _curves(("insertion", "deletion"), model, variables, x, saliency, targets,
+                   baseline=baseline, sigma=sigma, pixels_per_step=pixels_per_step,
+                   fraction=fraction, steps_per_batch=steps_per_batch)
 
 
 def deletion_auc(model, variables, x, saliency, targets: Targets, **kwargs):
