@@ -172,9 +172,11 @@ def test_explain_folder_maps_equal_library(workdir_model, folder, tmp_path):
     for m in methods:
         want = np.asarray(jax.jit(lambda v, x, t, k: ready[m](loaded.model, v, x, t, key=k))(
             loaded.variables, xb, t, key))
+        # Two programs round differently; IBA's ten Adam steps carry that to ~5e-4.
+        tol = 1e-3 if m == "iba" else 2e-4
         for i, n in enumerate(GOOD):
-            np.testing.assert_allclose(got[n]["maps"][m][0], want[i], rtol=2e-4,
-                                       atol=2e-4 * np.abs(want[i]).max() + 1e-12)
+            np.testing.assert_allclose(got[n]["maps"][m][0], want[i], rtol=tol,
+                                       atol=tol * np.abs(want[i]).max() + 1e-12, err_msg=m)
     with open(os.path.join(out, "predictions.csv")) as f:
         rows = list(csv.DictReader(f))
     assert [r["name"] for r in rows] == GOOD and rows[0]["explained"] == loaded.metadata.\

@@ -10,9 +10,24 @@ from cxr_jax.data.phantoms import CONCEPTS, FINDINGS, LUNG_FINDINGS, OPACITY_FIN
 S = 64
 
 
-@pytest.fixture(scope="module")
-def batch():
-    return generate(400, image_size=S, seed=0)
+@pytest.fixture(scope="module", params=["v2", "v1"])
+def batch(request):
+    return generate(400, image_size=S, seed=0, style=request.param)
+
+
+def batch_style(batch):
+    """The style the fixture's batch was drawn in (v2 draws tubes, v1 none)."""
+    tubes = [CONCEPTS.index(n) for n in ("et_tube", "central_line", "ng_tube")]
+    return "v2" if batch.concepts[:, tubes].any() else "v1"
+
+
+def _dilate(m, r):
+    """[N, H, W] bool grown by r pixels (a square neighbourhood)."""
+    out = m.copy()
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            out |= np.roll(np.roll(m, dy, axis=-2), dx, axis=-1)
+    return out
 
 
 def _extent(cols_any):
@@ -117,8 +132,10 @@ def test_intensity_ranges_and_radiograph_look(batch):
     x = batch.images[..., 0]
     assert x.min() >= -1024 and x.max() <= 1024
     unit = (x + 1024) / 2048
-    # air outside the body (top corners) is dark, lungs darker than heart and mediastinum
-    assert np.median(unit[:, 0, 0]) < 0.1 and np.median(unit[:, 0, -1]) < 0.1
+    # outside the body (top corners: air, in v2 shoulder soft tissue) is dark, lungs darker
+    # than heart and mediastinum
+    dark = 0.1 if batch_style(batch) == "v1" else 0.2
+    assert np.median(unit[:, 0, 0]) < dark and np.median(unit[:, 0, -1]) < dark
 
     def mean_in(name):
         m = batch.concepts[:, CONCEPTS.index(name)]
@@ -129,27 +146,34 @@ def test_intensity_ranges_and_radiograph_look(batch):
     lung_mean = (unit * lung).sum(axis=(1, 2)) / lung.sum(axis=(1, 2))
     # (findings such as effusion and opacity brighten some lungs)
     assert np.all(mean_in("heart") > lung_mean + 0.15)
-    assert np.median(mean_in("heart") - lung_mean) > 0.35
-    assert np.median(mean_in("mediastinum") - lung_mean) > 0.3
+    # (v2's lungs are brighter under the chest wall, as real ones are)
+    assert np.median(mean_in("heart") - lung_mean) > (0.35 if dark == 0.1 else 0.28)
+    assert np.median(mean_in("mediastinum") - lung_mean) > (0.3 if dark == 0.1 else 0.25)
     # overall histogram roughly that of a real radiograph: mean mid-grey, wide spread
     assert 0.35 < unit.mean() < 0.65 and unit.std() > 0.2
-    u = generate(4, image_size=S, seed=0, intensity="unit").images
+    u = generate(4, image_size=S, seed=0, intensity="unit", style=batch_style(batch)).images
     np.testing.assert_allclose(u, (batch.images[:4] + 1024) / 2048, atol=1e-4)
     assert u.min() >= 0 and u.max() <= 1
 
 
-def test_findings_change_pixels_only_inside_their_masks():
-    """Same seed, finding forced on vs off: identical patients, differing only in the mask."""
+@pytest.mark.parametrize("style", ["v1", "v2"])
+def test_findings_change_pixels_only_inside_their_masks(style):
+    """Same seed, finding forced on vs off: identical patients, differing only in the mask
+    (v2: up to the exposure's blur, two pixels, and its scatter veil, a faint glow)."""
     for name in FINDINGS:
         if name == "cardiomegaly":   # a bigger heart moves the lungs' borders too
             continue
-        on = generate(12, image_size=S, seed=5, intensity="unit", prevalence={name: 1.0})
-        off = generate(12, image_size=S, seed=5, intensity="unit", prevalence={name: 0.0})
+        kw = dict(image_size=S, seed=5, intensity="unit", style=style)
+        on = generate(12, prevalence={name: 1.0}, **kw)
+        off = generate(12, prevalence={name: 0.0}, **kw)
         k = FINDINGS.index(name)
         assert on.labels[:, k].mean() > 0.9 and off.labels[:, k].sum() == 0, name
         diff = np.abs(on.images - off.images)[..., 0]
         m = on.masks[:, k]
-        assert diff[~m].max() == 0.0, name
+        if style == "v1":
+            assert diff[~m].max() == 0.0, name
+        else:
+            assert diff[~_dilate(m, 2)].max() < 0.01, name
         pos = on.labels[:, k] == 1
         mean_in = diff.sum(axis=(1, 2))[pos] / m.sum(axis=(1, 2))[pos]
         assert mean_in.min() > 0.03, (name, mean_in.min())   # visible, well above zero
@@ -189,23 +213,29 @@ def test_prevalence_extremes():
     assert b.severity.sum() == 0
 
 
-def test_shortcut_tag_correlates_with_label_at_the_rate():
-    b = generate(400, image_size=S, seed=0,
+@pytest.mark.parametrize("style", ["v1", "v2"])
+def test_shortcut_tag_correlates_with_label_at_the_rate(style):
+    b = generate(400, image_size=S, seed=0, style=style,
                  shortcut=dict(label="cardiomegaly", rate=0.9))
     tag = b.shortcut_mask.any(axis=(1, 2))
     pos = b.labels[:, FINDINGS.index("cardiomegaly")] == 1
     assert abs(tag[pos].mean() - 0.9) < 0.06 and abs(tag[~pos].mean() - 0.1) < 0.06
     # the tag is bright, lies in a corner and is the only marker
     unit = (b.images[..., 0] + 1024) / 2048
-    assert unit[b.shortcut_mask].min() > 0.7 and unit[b.shortcut_mask].mean() > 0.8
+    assert unit[b.shortcut_mask].min() > 0.6 and unit[b.shortcut_mask].mean() > 0.75
     rows, cols = np.nonzero(b.shortcut_mask.any(axis=0))
     assert rows.max() < S // 4 and cols.max() < S // 4
     np.testing.assert_array_equal(b.marker_mask, b.shortcut_mask)
     # the same patients as without the shortcut
-    plain = generate(400, image_size=S, seed=0)
+    plain = generate(400, image_size=S, seed=0, style=style)
     np.testing.assert_array_equal(plain.labels, b.labels)
-    untagged = ~(b.shortcut_mask | plain.marker_mask)
-    np.testing.assert_array_equal(plain.images[..., 0][untagged], b.images[..., 0][untagged])
+    if style == "v1":
+        untagged = ~(b.shortcut_mask | plain.marker_mask)
+        np.testing.assert_array_equal(plain.images[..., 0][untagged], b.images[..., 0][untagged])
+    else:   # the exposure blurs the tag by a pixel or two and its scatter veil glows faintly
+        untagged = ~_dilate(b.shortcut_mask | plain.marker_mask, 2)
+        np.testing.assert_allclose(plain.images[..., 0][untagged], b.images[..., 0][untagged],
+                                   atol=0.01 * 2048)
     # without a shortcut the film marker is independent of every label
     m = plain.marker_mask.any(axis=(1, 2))
     assert 0.4 < m.mean() < 0.6

@@ -19,7 +19,7 @@ _CHUNK = 2048
 def phantom_options(config) -> dict:
     """The phantom generator's style and finding contrast a config asks for (v1 and 1.0 when
     it names none: configs written before v2 existed)."""
-    return {"style": config.get("phantom_style", "v1"),
+    return {"style": config.get("phantom_style", "v2"),
             "contrast": float(config.get("phantom_contrast", 1.0))}
 
 

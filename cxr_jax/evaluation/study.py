@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any, Callable, Mapping
 
 import jax
@@ -24,6 +25,7 @@ from cxr_jax.evaluation import methods as method_sets
 from cxr_jax.evaluation.aggregate import METRICS
 from cxr_jax.evaluation.engine import Scorer, Spec, run
 from cxr_jax.report import figures, sections, tables, write_index
+from cxr_jax.report.html import collapsed
 
 
 def gallery(workdir: str, scorer: Scorer, variables, images, masks, labels, names,
@@ -89,9 +91,11 @@ def evaluate(workdir: str, model, variables, loc: LocalisationSet, cfg, *,
     Returns:
       {"pointing_game": {method: value, ..., "centre": value}, "pointing_game_pooled",
        "pointing_game_ci" (95% bootstrap intervals),
-      "table", "agreement", "counts", "skipped", "settings", and, when methods with statistics
-      ran, "iba_noise": {layer: {finding: score}}}.
+      "table", "agreement", "counts", "skipped", "settings", "seconds" (statistics,
+      explanation, metrics, report: this call's wall time, compiles included), and, when
+      methods with statistics ran, "iba_noise": {layer: {finding: score}}}.
     """
+    start = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
     size = loc.images.shape[1]
     with_data = estimation_images is not None and cfg.iba_samples > 0
@@ -103,6 +107,7 @@ def evaluate(workdir: str, model, variables, loc: LocalisationSet, cfg, *,
     prepared = attribution.prepare_all(methods, model, variables,
                                        estimation_images if with_data else None,
                                        cache=attribution.Cache(workdir))
+    seconds = {"statistics": time.perf_counter() - start}
     spec = spec_from_config(cfg, prepared, size, regression=regression)
     scorer = Scorer(model, spec)
     summary = run(workdir, model, variables, loc.images, loc.masks, loc.labels, loc.names, spec,
@@ -118,9 +123,14 @@ def evaluate(workdir: str, model, variables, loc: LocalisationSet, cfg, *,
     if stats:
         results["iba_noise"] = attribution.noise_check(model, variables, stats, loc.names,
                                                        regression=regression)
+    seconds.update(scorer.seconds)
+    results["seconds"] = seconds
     if runtime.is_writer():
+        mark = time.perf_counter()
         _write_report(workdir, results, summary, loc, scorer, variables, cfg, setup,
                       regression)
+        seconds["report"] = time.perf_counter() - mark
+        write_json(os.path.join(workdir, "results.json"), results)
     return results
 
 
@@ -131,18 +141,25 @@ def _write_report(workdir, results, summary, loc, scorer, variables, cfg, setup,
             per_finding=cfg.gallery_per_finding)
     tolerance = results["settings"]["tolerance_px"]
     page = [("Setup", f"<p>{setup} Pointing-game tolerance {tolerance:.1f} px; images per "
-                      f"finding: {summary['counts']}.</p>")]
+                      f"finding: {sections.counts_text(summary['counts'])}.</p>")]
+    page += report_lead(workdir, results, loc.names)
     page += report_sections(workdir, results, loc.names, regression=regression)
     write_index(workdir, "cxr_jax evaluation", page)
 
 
+def report_lead(workdir: str, results: Mapping, findings, *, prefix: str = ""
+                ) -> list[tuple[str, str]]:
+    """The pictures a report opens with: overlays, the pointing-game heatmap and the dot plot
+    with intervals (written into `workdir`; `prefix` is the workdir relative to the page)."""
+    return sections.lead(results, findings, workdir, prefix)
+
+
 def report_sections(workdir: str, results: Mapping, findings, *, regression: bool,
-                    prefix: str = "") -> list[tuple[str, str]]:
-    """The evaluation's report sections; `prefix` is the workdir relative to the page."""
-    out = sections.evaluation(results, findings, METRICS, workdir, prefix)
+                    prefix: str = "") -> list:
+    """The evaluation's tables (folded), agreement matrix and noise check, after the lead."""
+    out = sections.evaluation(results, findings, METRICS, workdir, prefix, collapse_tables=True)
     if "iba_noise" in results:
-        out.append(sections.noise_check(results["iba_noise"], regression))
-    out.append(sections.figure("Overlays (green: ground truth)", prefix + "overlays.png"))
+        out.append(collapsed(*sections.noise_check(results["iba_noise"], regression)))
     return out
 
 

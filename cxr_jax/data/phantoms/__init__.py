@@ -32,13 +32,17 @@ per-seed noise bank chosen by the same hashes. `generate(10, seed=s)` therefore 
 ten images of `generate(20, seed=s)`, and `generate(n, seed=s, start=k)` gives images k..k+n-1 of
 the stream: a random-access source for a data loader.
 
-Two styles: "v1" (the default for now, the shapes above with white noise: what every number so
-far was measured on) and "v2" (`style="v2"`: the same patients and findings with lung vessel
-trees, rib cortices, soft tissue, bowel gas, scatter, detector blur and quantum noise, from draws
-of its own; see `texture`). `contrast` scales what the lung findings change (the difficulty
-dial). `realism(images)` measures how radiograph-like a batch is (spectral slope, pixel-scale
-power, gradient ratio); on 224-pixel images, four real radiographs give -3.48 / 2.2e-4 / 9.8,
-v1 -2.92 / 2.0e-3 / 14.1 and v2 -3.68 / 2.9e-4 / 10.6 (seed 1, 24 images).
+Two styles: "v2" (the default) and "v1" (`style="v1"`: the shapes above with white noise, what
+every number before v2 was measured on, kept bit-identical to reproduce them). v2 draws the same
+patients, with lung vessel trees, rib cortices, a body that thins towards its outline, soft
+tissue, bowel gas, scatter, detector blur and quantum noise (`texture`); findings that blend in
+(soft, partly spiculated lesions; consolidation hiding the vessels, with air bronchograms; a
+ground-glass haze the vessels show through: `blend`); and ET tubes, central lines and NG tubes
+as concepts (`tubes`), all from draws of its own. `contrast` scales what the lung findings
+change (the difficulty dial). `realism(images)` measures how radiograph-like a batch is
+(spectral slope, pixel-scale power, gradient ratio); on 224-pixel images, four real
+radiographs give -3.48 / 2.2e-4 / 9.8, v1 -2.92 / 2.0e-3 / 14.1 and v2 -3.65 / 3.3e-4 / 11.1
+(seed 1, 24 images).
 
 Modules (each step of a chunk draws its random values in the order `generator._render` calls it):
   schema     names (FINDINGS, CONCEPTS, ZONES, ...) and `PhantomBatch`
@@ -47,7 +51,9 @@ Modules (each step of a chunk draws its random values in the order `generator._r
   anatomy    patient parameters and the healthy chest with its concept masks
   findings   every finding with its mask, BrixIA severity
   film       exposure and film shoulder, burned-in marker / shortcut tag, noise
-  texture    what v2 adds: vessel trees, rib cortices, soft tissue, scatter, blur, noise
+  texture    what v2 adds: vessel trees, soft tissue, scatter, blur, noise
+  blend      how v2's findings blend in: lesion margins, air bronchograms, haze
+  tubes      v2's ET tube, central line and NG tube (concepts, not findings)
   realism    radiograph-likeness statistics of a batch
   generator  `generate`: checks, chunks, threads
   grid       `save_grid`: a PNG contact sheet

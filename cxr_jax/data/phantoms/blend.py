@@ -5,8 +5,9 @@ v1 draws a nodule as a bright plateau with a two-pixel rim, which a CNN can find
 alone. v2 keeps every v1 site, size and brightness (the same draws) and changes only how the
 brightness falls off, from draws of its own (`texture.draws`):
 
-  round lesions  brightness amp (1 - q), q the squared normalised radius, so the margin fades
-                 to nothing; about half the lesions carry 5-9 spicules, narrow angular lobes
+  round lesions  brightness amp min(1, 1.5 (1 - q)), q the squared normalised radius, so
+                 the outer sixth of the radius fades to nothing (v1: a ninth, then a
+                 two-pixel anti-aliased rim, plus no detector blur); about half the lesions carry 5-9 spicules, narrow angular lobes
                  that push the margin out by up to 60%.
   consolidation  lobar (larger, a smooth outline) or patchy (a rougher one); inside it the
                  vessels vanish (the silhouette sign) and the bronchi along them stay dark
@@ -72,8 +73,8 @@ def spiculate(v: Draws, sub: np.ndarray, ddx: np.ndarray, ddy: np.ndarray,
 
 
 def soft_profile(qq: np.ndarray) -> np.ndarray:
-    """The v2 lesion profile: 1 - qq inside (qq < 1), 0 outside."""
-    return np.clip(1.0 - qq, 0.0, 1.0)
+    """The v2 lesion profile: min(1, 1.5 (1 - qq)) inside (qq < 1), 0 outside."""
+    return np.clip(1.5 * (1.0 - qq), 0.0, 1.0)
 
 
 def consolidation_shape(v: Draws, sub: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
