@@ -27,6 +27,17 @@ def test_quickstart_in_memory_equals_explaining_the_checkpoint(tmp_path):
     with open(os.path.join(work, "index.html")) as f:
         page = f.read()
     assert 'src="explain/overlays.png"' in page and "IBA noise check" in page
+    # the page leads with pictures; the tables follow, folded
+    order = [page.index(k) for k in ('src="explain/overlays.png"',
+                                     'src="explain/pointing_game_heatmap.png"',
+                                     'src="explain/pointing_game_intervals.png"',
+                                     'src="curves.png"', "<details")]
+    assert order == sorted(order)
+    assert "{" not in page.split("Explanations", 1)[1].split("</p>", 1)[0]   # counts as text
+    assert set(saved["seconds"]) >= {"phantoms", "training", "statistics", "explanation",
+                                     "metrics", "report", "total"}
+    parts = sum(v for k, v in saved["seconds"].items() if k != "total")
+    assert 0 < parts <= saved["seconds"]["total"] * 1.01
     again = evaluation.evaluate_checkpoint(str(tmp_path / "e"), work, e, progress=False)
     assert again["pointing_game"] == pytest.approx(res["pointing_game"], nan_ok=True)
     with open(os.path.join(work, "explain", "results.json")) as f:

@@ -112,7 +112,7 @@ def lead(summary: Mapping, findings: Sequence[str], workdir: str, prefix: str = 
     counts = summary.get("counts", {})
     figures.save_heatmap([[r[f] for f in findings] + [r["mean"]] for r in rows],
                          [r["method"] for r in rows],
-                         [f"{f} (n={counts[f]})" if f in counts else f for f in findings]
+                         [f"{f}\n(n={counts[f]})" if f in counts else f for f in findings]
                          + ["class mean"], os.path.join(workdir, "pointing_game_heatmap.png"),
                          title="Pointing game (hit rate)")
     figures.save_intervals(summary["pointing_game"], summary.get("pointing_game_ci", {}),

@@ -4,8 +4,10 @@ r"""Evaluation config: which methods, which data, which metrics.
     python -m experiments.evaluate --workdir runs/eval_nih --checkpoint runs/nih \
         --config.dataset=nih --config.data_dir=/data/nih --config.methods=gradcam,iba
 
-Variants: "default" (every method, METHODS.md defaults) and "fast" (fewer samples and steps,
-for CPU: SmoothGrad 10 samples, IG 16 steps, sensitivity-N 10 x 10).
+Variants: "default" (every method, METHODS.md defaults), "fast" (every method with fewer
+samples and steps, for CPU: SmoothGrad 10 samples, IG 16 steps, sensitivity-N 10 x 10) and
+"quickstart" (the first look: six methods, the pointing game with intervals, insertion and
+deletion over 8 steps, no sensitivity-N; what the quickstart's first run shows).
 """
 
 import ml_collections
@@ -42,6 +44,14 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
         c.sensitivity_masks = 10
         c.max_per_finding = 24
         c.curve_steps = 32
+    elif variant == "quickstart":
+        c.fast = True
+        c.cam_layer = "stride16"
+        c.methods = "gradient,integrated_gradients,gradcam,normgrad,iba,multilayer_iba"
+        c.max_per_finding = 24
+        c.curve_steps = 8
+        c.sensitivity_num_n = 0
+        c.gallery_per_finding = 2
     elif variant != "default":
-        raise ValueError(f"Unknown variant {variant!r}: default or fast.")
+        raise ValueError(f"Unknown variant {variant!r}: default, fast or quickstart.")
     return c
