@@ -100,8 +100,6 @@ def _explain(workdir: str, config, eval_config, data, trained: training.Trained,
 
 def _report(workdir, config, eval_config, data, results, explain, real_images) -> None:
     test = data.extra["test"]
-    phantoms.save_grid(phantoms.first(test, 16), os.path.join(workdir, "phantoms.png"),
-                       ncols=8)
     figures.save_curves(results["history"], os.path.join(workdir, "curves.png"))
     rows = [{"finding": k, "AUROC": v, "target": 0.9, "met": "yes" if v >= 0.9 else "no"}
             for k, v in results["auroc"].items()]
@@ -117,8 +115,8 @@ def _report(workdir, config, eval_config, data, results, explain, real_images) -
                      f"({sections.counts_text(explain['counts'])}); pointing-game tolerance "
                      f"{explain['settings']['tolerance_px']:.1f} px. The complete evaluation "
                      "(every method and metric) is the README's next command.</p>"))
-        page += evaluation.report_lead(os.path.join(workdir, "explain"), explain,
-                                       list(results["auroc"]), prefix="explain/")
+        page += sections.lead(explain, list(results["auroc"]), os.path.join(workdir, "explain"),
+                              prefix="explain/")
     page.append(sections.figure("Training curves", "curves.png"))
     page.append(("AUROC per finding (held-out phantoms)", tables.html(rows)))
     page.append(_realism_section(workdir, test, real_images))
@@ -135,27 +133,25 @@ def _report(workdir, config, eval_config, data, results, explain, real_images) -
 def _realism_section(workdir: str, test, real_images: str, n: int = 4):
     """Held-out phantoms (plain and with their finding masks) beside real radiographs when
     `real_images` names some, and the realism statistics of both."""
+    columns, batches = {}, {}
+    real = _load_real(real_images, test.images.shape[1]) if real_images else []
+    if len(real):
+        n = min(n, len(real))
+        columns["real"] = real[:n]
+        batches["real radiographs"] = phantoms.realism(real)
     grey = (test.images[:n, ..., 0] - test.images[:n].min()) / np.ptp(test.images[:n])
-    columns = {"phantom": grey, "phantom, finding masks": grey}
-    batches = {"phantoms": phantoms.realism(test.images[:64])}
-    if real_images:
-        real = _load_real(real_images, test.images.shape[1])
-        if len(real):
-            columns = {"real": real[:n], **columns}
-            batches = {"real radiographs": phantoms.realism(real), **batches}
-    if len(next(iter(columns.values()))) < n:   # fewer real images than phantoms: trim
-        m = len(next(iter(columns.values())))
-        columns = {k: v[:m] for k, v in columns.items()}
+    columns.update({"phantom": grey, "phantom, finding masks": grey})
+    batches["phantoms"] = phantoms.realism(test.images[:64])
     figures.save_columns(columns, os.path.join(workdir, "realism.png"),
-                         contours={"phantom, finding masks": test.masks[:len(grey)]})
+                         contours={"phantom, finding masks": test.masks[:n]})
     rows = []
     for name, stats in batches.items():
         summ = realism_summary(stats)
         rows.append({"images": f"{name} ({len(stats['spectral_slope'])})",
                      **{k: f"{summ[k][0]:.3g} ± {summ[k][1]:.2g}" for k in summ}})
-    note = "" if real_images else (
+    note = "" if len(real) else (
         " Pass --real_images=FILE_OR_FOLDER to show real radiographs beside them; the "
-        "README shows four.")
+        "README shows three.")
     return ("Phantoms and real radiographs", image("realism.png") + caption(
         "Realism statistics (cxr_jax.data.phantoms.realism): spectral slope, share of power "
         "in the top eighth of frequencies, 99th/50th percentile of the gradient magnitude."

@@ -142,21 +142,15 @@ def _write_report(workdir, results, summary, loc, scorer, variables, cfg, setup,
     tolerance = results["settings"]["tolerance_px"]
     page = [("Setup", f"<p>{setup} Pointing-game tolerance {tolerance:.1f} px; images per "
                       f"finding: {sections.counts_text(summary['counts'])}.</p>")]
-    page += report_lead(workdir, results, loc.names)
+    page += sections.lead(results, loc.names, workdir)
     page += report_sections(workdir, results, loc.names, regression=regression)
     write_index(workdir, "cxr_jax evaluation", page)
 
 
-def report_lead(workdir: str, results: Mapping, findings, *, prefix: str = ""
-                ) -> list[tuple[str, str]]:
-    """The pictures a report opens with: overlays, the pointing-game heatmap and the dot plot
-    with intervals (written into `workdir`; `prefix` is the workdir relative to the page)."""
-    return sections.lead(results, findings, workdir, prefix)
-
-
 def report_sections(workdir: str, results: Mapping, findings, *, regression: bool,
                     prefix: str = "") -> list:
-    """The evaluation's tables (folded), agreement matrix and noise check, after the lead."""
+    """The evaluation's tables (folded), agreement matrix and noise check, after the pictures
+    of `sections.lead`."""
     out = sections.evaluation(results, findings, METRICS, workdir, prefix, collapse_tables=True)
     if "iba_noise" in results:
         out.append(collapsed(*sections.noise_check(results["iba_noise"], regression)))
