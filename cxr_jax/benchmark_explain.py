@@ -29,7 +29,7 @@ from absl import logging
 from PIL import Image
 
 from cxr_jax import attribution, convert, explain, models
-from cxr_jax.benchmark import _compile, _time, time_method
+from cxr_jax.benchmark import compile_timed, time_calls, time_method
 from cxr_jax.common.files import read_json, write_json
 from cxr_jax.data import phantoms, records
 
@@ -67,8 +67,8 @@ def explain_folder(workdir: str, *, model_name: str = "densenet121", n_images: i
     decode_s = time.perf_counter() - t0
     x = jnp.asarray(np.stack(decoded[:batch_size]))
     model, variables = loaded.model, loaded.variables
-    fwd, fwd_compile = _compile(lambda v, x: model.apply(v, x), variables, x)
-    forward = float(np.median(_time(fwd, variables, x, repeats=5, slow_s=slow_s))) / len(x)
+    fwd, fwd_compile = compile_timed(lambda v, x: model.apply(v, x), variables, x)
+    forward = float(np.median(time_calls(fwd, variables, x, repeats=5, slow_s=slow_s))) / len(x)
     targets = jnp.argmax(fwd(variables, x), axis=-1).astype(jnp.int32)
     ready = attribution.prepare_all(explain.method_specs(loaded, methods), model, variables, x)
     timed = {name: time_method(p, model, variables, x, targets, jax.random.key(0),

@@ -32,7 +32,7 @@ import numpy as np
 from absl import logging
 
 from cxr_jax import attribution, metrics, models
-from cxr_jax.benchmark import _compile, _time
+from cxr_jax.benchmark import compile_timed, time_calls
 from cxr_jax.common.files import write_json
 
 
@@ -58,14 +58,14 @@ def metrics_case(workdir: str, *, model_name: str = "densenet121", image_size: i
     sal_np = np.asarray(sal)
     masks = np.zeros((b, s, s), bool)
     masks[:, s // 4:s // 2, s // 4:s // 2] = True
-    fwd, _ = _compile(lambda v, x: model.apply(v, x), variables, x)
-    forward = statistics.median(_time(fwd, variables, x, repeats=5, slow_s=slow_s)) / b
+    fwd, _ = compile_timed(lambda v, x: model.apply(v, x), variables, x)
+    forward = statistics.median(time_calls(fwd, variables, x, repeats=5, slow_s=slow_s)) / b
     out = {"setup": [model_name, s, b, num_classes], "forward_s_per_image": forward,
            "metrics": {}}
 
     def timed(name, fn, args, forwards, n=b):
-        compiled, compile_s = _compile(fn, *args)
-        times = _time(compiled, *args, repeats=repeats, slow_s=slow_s)
+        compiled, compile_s = compile_timed(fn, *args)
+        times = time_calls(compiled, *args, repeats=repeats, slow_s=slow_s)
         out["metrics"][name] = _entry(times, n, forward, forwards, compile_s)
         logging.info("%s: %.4f s/img = %.1f F (compile %.1f s)", name,
                      out["metrics"][name]["s_per_image"],
@@ -78,7 +78,7 @@ def metrics_case(workdir: str, *, model_name: str = "densenet121", image_size: i
             np.stack([metrics.boxes_from_saliency(z) for z in sal_np]),
             np.stack([metrics.mask_box(m) for m in masks]))),
             ("ehr", lambda: metrics.effective_heat_ratio(sal_np, masks))):
-        out["metrics"][name] = _entry(_time(fn, repeats=repeats, slow_s=slow_s), b, forward, 0)
+        out["metrics"][name] = _entry(time_calls(fn, repeats=repeats, slow_s=slow_s), b, forward, 0)
     for steps in curve_steps:
         pps = max(1, -(-s * s // 2 // steps))
         curve = dict(baseline="blur", sigma=10.0 * s / 224, pixels_per_step=pps, fraction=0.5)
@@ -121,6 +121,6 @@ def _randomisation(out, model, variables, x, t, layers, forward, repeats, slow_s
         sim = [np.asarray(metrics.ssim(ref, m)) for m in maps]
         return rho, sim
 
-    times = _time(check, repeats=repeats, slow_s=slow_s)
+    times = time_calls(check, repeats=repeats, slow_s=slow_s)
     out["metrics"][f"randomisation ({layers} layers, Grad-CAM)"] = _entry(
         times, len(x), forward, 2 * (layers + 1), compile_s)

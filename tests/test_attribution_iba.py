@@ -69,7 +69,6 @@ def region_setup(num_classes=2):
 def jitted(method, num_classes=2, layer="pool", **static):
     """`method` on the region toy, jitted once per configuration (compiles are the test cost)."""
     model, variables, stats = region_setup(num_classes)
-    static.setdefault("unroll", 1)  # a rolled loop compiles faster; equal maps (tested below)
     fn = functools.partial(getattr(I, method), model, stats=stats[layer], **static)
     return jax.jit(lambda x, t, key, **kw: fn(variables, x, t, key=key, **kw))
 
@@ -339,10 +338,11 @@ def test_image_keys_fold_a_single_key_and_accept_one_per_image():
 
 
 def test_inverse_iba_concentrates_capacity_in_the_region_too():
-    # (with the default unroll: the other toy tests use a rolled loop, which compiles faster)
-    sal = jitted("inverse_iba", unroll=None)(region_images(), jnp.array([0, 1]),
-                                             jax.random.key(2))
+    # Fully unrolled here (the other toy tests use the default rolled loop): the same maps.
+    args = (region_images(), jnp.array([0, 1]), jax.random.key(2))
+    sal = jitted("inverse_iba", unroll=True)(*args)
     assert_concentrated(sal, (0, 1))
+    np.testing.assert_allclose(sal, jitted("inverse_iba")(*args), rtol=1e-4, atol=1e-7)
 
 
 def test_regression_iba_on_a_regression_head():
@@ -595,3 +595,23 @@ def test_bad_stats_and_arguments_give_clear_errors():
         I.iba(model, variables, x, lambda lg: lg[:, 0], stats=st, loss="ce")
     with pytest.raises(ValueError, match="Expected images"):
         I.iba(model, variables, x[..., 0], 0, stats=st)
+
+
+def test_bottleneck_noise_is_standard_normal_and_lanes_uncorrelated():
+    from scipy import stats as st
+    n = 400_003  # not a multiple of 4: the last word's lanes are cut
+    z = np.asarray(I.standard_normal(jax.random.key(5), (n,)), np.float64)
+    assert z.shape == (n,) and np.all(np.isfinite(z))
+    assert abs(z.mean()) < 5 / np.sqrt(n) and abs(z.std() - 1) < 5 / np.sqrt(2 * n)
+    assert st.kstest(z, "norm").pvalue > 1e-3
+    # Each threefry word makes four values, lane j at flat index j * ceil(n / 4) + word.
+    q = -(-n // 4)
+    lanes = z[:3 * q].reshape(3, q)
+    for a in (lanes, lanes ** 2):
+        corr = np.corrcoef(a)
+        assert np.all(np.abs(corr[np.triu_indices(3, 1)]) < 5 / np.sqrt(q))
+    # Deterministic by key, different across keys, shape kept.
+    again = np.asarray(I.standard_normal(jax.random.key(5), (n,)))
+    np.testing.assert_array_equal(again, z.astype(np.float32))
+    other = np.asarray(I.standard_normal(jax.random.key(6), (4, 5, 3)))
+    assert other.shape == (4, 5, 3) and not np.allclose(other.ravel(), z[:60])

@@ -28,7 +28,8 @@ References:
 """
 
 from cxr_jax.attribution.iba.bottleneck import (capacity_to_saliency, gaussian_kernel_1d,
-                                                kl_capacity, reflect_smoothing_matrix, smooth)
+                                                kl_capacity, reflect_smoothing_matrix, smooth,
+                                                standard_normal)
 from cxr_jax.attribution.iba.methods import iba, iba_capacity, inverse_iba, regression_iba
 from cxr_jax.attribution.iba.multilayer import (REFERENCE_THRESHOLD, combine_multilayer,
                                                 multilayer_iba, reference_threshold)
@@ -42,4 +43,4 @@ __all__ = ["IBAStats", "Moments", "REFERENCE_THRESHOLD", "Settings", "capacity_t
            "image_keys", "inverse_iba", "kl_capacity", "load_iba_stats", "merge_moments",
            "multilayer_iba", "noise_check", "noise_logits", "reference_threshold",
            "reflect_smoothing_matrix", "regression_iba", "save_iba_stats", "smooth",
-           "stats_from_moments"]
+           "standard_normal", "stats_from_moments"]

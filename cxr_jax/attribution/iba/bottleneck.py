@@ -6,6 +6,9 @@ lambda = smooth(sigmoid(alpha)) in [0, 1]; the information that passes is measur
     r = (R - mu) / sigma
     capacity = KL( N(lambda r, (1 - lambda)^2) || N(0, 1) )
              = -1/2 [1 + log (1 - lambda)^2 - (lambda r)^2 - (1 - lambda)^2]   (nats per feature)
+
+The noise is drawn by `standard_normal`, which needs a quarter of the threefry words
+`jax.random.normal` does: on CPU the words are most of the cost of an IBA step.
 """
 
 from __future__ import annotations
@@ -39,6 +42,41 @@ def kl_capacity(r: Array, lam: Array, one_minus_lam: Array | None = None) -> Arr
     one_minus_lam = jnp.maximum(one_minus_lam, 1e-12)
     return -0.5 * (1.0 + 2.0 * jnp.log(one_minus_lam) - jnp.square(lam * r)
                    - jnp.square(one_minus_lam))
+
+
+# Odd constants of the murmur3 32-bit finaliser and the golden-ratio step between lanes.
+_MIX1, _MIX2, _LANE = 0x85EBCA6B, 0xC2B2AE35, 0x9E3779B9
+
+
+def _mix32(h: Array) -> Array:
+    """murmur3's finaliser: a bijection of uint32 in which every input bit flips each output bit
+    with probability about 1/2."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(_MIX1)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(_MIX2)
+    return h ^ (h >> 16)
+
+
+def standard_normal(key: Array, shape: tuple[int, ...]) -> Array:
+    """N(0, 1) float32 draws of `shape`, deterministic by key, for the bottleneck's noise.
+
+    `jax.random.normal` spends most of its time on CPU making one threefry word per value (about
+    10 ns each on our 2-core machine; an IBA step at DenseNet-121's denseblock3 draws 16 million
+    values for a batch of 8). Here threefry makes one word per four values and each word w
+    becomes four by mix(w + j * 0x9E3779B9), j = 0..3, with murmur3's finaliser as mix. mix is
+    a bijection, so each value alone is exactly as uniform as threefry's word; the four of a
+    word are decorrelated by mix's avalanche (the test checks moments, a Kolmogorov-Smirnov
+    distance and the correlation between lanes). The top 23 bits give u in the open interval
+    (0, 1) and sqrt(2) erfinv(2u - 1) the normal value (|z| < 5.3). 2.5x faster than
+    `jax.random.normal` at that size; the draws differ from it, their distribution does not.
+    """
+    n = math.prod(shape)
+    words = jax.random.bits(key, (-(-n // 4),), jnp.uint32)
+    lanes = jnp.arange(4, dtype=jnp.uint32)[:, None] * jnp.uint32(_LANE)
+    bits = _mix32(words[None, :] + lanes).reshape(-1)[:n]
+    u = ((bits >> 9).astype(jnp.float32) + 0.5) * (1.0 / (1 << 23))
+    return (math.sqrt(2.0) * jax.lax.erf_inv(2.0 * u - 1.0)).reshape(shape)
 
 
 def _radius(sigma: float) -> int:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import expit
 
+from cxr_jax.attribution.iba.bottleneck import standard_normal
 from cxr_jax.attribution.iba.stats import IBAStats
 from cxr_jax.models import Model, check_stage
 
@@ -46,7 +47,7 @@ def noise_logits(model: Model, variables: Any, stats: IBAStats, *, key: Any = No
         raise ValueError(f"samples must be >= 1, got {samples}.")
     key = jax.random.key(0) if key is None else key
     active = (stats.active_rate > active_threshold).astype(jnp.float32)
-    eps = stats.mean + stats.std * jax.random.normal(key, (int(samples),) + tuple(stats.shape))
+    eps = stats.mean + stats.std * standard_normal(key, (int(samples),) + tuple(stats.shape))
     return model.apply(variables, eps * active, start=stats.layer)
 
 
