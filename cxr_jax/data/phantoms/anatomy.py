@@ -252,7 +252,29 @@ def _ribs(fr: Frame, pt: Patient, domes, lung_ell, cortex: bool = False):
             band = _soft(0.17 - ph, 0.1)
         band *= _soft(cage, 0.06)
         ribs[..., cs] += band
+        if cortex:
+            _anterior_ribs(ribs, ribs_bin, cs, px, Yc, cage, pt)
     return ribs, ribs_bin
+
+
+def _anterior_ribs(ribs, ribs_bin, cs, px, Yc, cage, pt: Patient) -> None:
+    """v2: the anterior ribs, fainter and wider apart than the posterior ones, run from the
+    lateral chest wall down towards the midline and fade out before it (their cartilage does
+    not show), so they cross the posterior arches over the outer lung. Added in place to the
+    soft ribs and the rib mask of the columns `cs`."""
+    ph = Yc + 0.5 * px - 0.35 * px ** 2
+    ph *= _b(1.0 / (1.35 * pt.rib_sp))
+    ph += _b(pt.rib_off + 0.37)
+    ph -= np.floor(ph)
+    ph -= 0.5
+    np.abs(ph, out=ph)
+    fade = np.clip((px - 0.22) * (1 / 0.2), 0.0, 1.0)
+    inside = cage > 0
+    ribs_bin[..., cs] |= (ph < 0.16) & (fade > 0) & inside
+    band = _soft(0.12 - ph, 0.08)
+    band *= 0.45 * fade
+    band *= _soft(cage, 0.06)
+    ribs[..., cs] += band
 
 
 def _clavicles(fr: Frame, pt: Patient):
