@@ -23,6 +23,9 @@ The map (each package's own docstring lists its modules):
   Layer 3, reports     report/      figures, tables, HTML pages, the sections studies share
            scoring     evaluation/  the engine every study scores with (Spec, Scorer, run),
                                     method sets, and the evaluation study
+           semantics   semantics/   network dissection (streaming, sharded, with chance
+                                    baselines), semantic attribution, concept masks from
+                                    real datasets
   Layer 4, studies     quickstart, paper, benchmark (+ benchmark_explain),
                        evaluation.evaluate_checkpoint, training.train_and_evaluate; explain/
                        (a user's own images -> maps, overlays, gallery); convert/ (PyTorch

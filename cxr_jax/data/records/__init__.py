@@ -1,6 +1,6 @@
-"""Readers for the published chest X-ray datasets, all into one `Record` type.
+"""Readers for the published chest X-ray datasets: one `Record` type (and segmentation entries).
 
-Four formats are read exactly as their publishers distribute them, quirks included, one module
+Five formats are read exactly as their publishers distribute them, quirks included, one module
 each:
 
 * NIH ChestX-ray14 (`read_nih`, module ``nih``): ``Data_Entry_2017.csv`` or
@@ -17,8 +17,16 @@ each:
   six-zone ``BrixiaScore`` is a six-digit string (leading zeros restored if a tool made it an
   integer) whose digit sum must equal ``BrixiaScoreGlobal``.
 
-Every reader returns a list of `Record` (module ``_schema``, with `Box`, `Shape`, `Labels` and
-`label_matrix`), one per data row, in file order.
+* COVID-19 CXR segmentations (`read_covid_segmentation`, module ``covid_seg``): the
+  ``structure.csv`` of the segmentation dataset the CXR network-dissection work uses, one row per
+  (image, concept) mask PNG placed at ``Left``/``Top`` in the radiograph; 14 concept classes
+  (`COVID_SEG_CONCEPTS`), "Nosogastric Tube" read as "Nasogastric Tube". This reader returns one
+  `SegmentationEntry` per image (its `SegmentationMask` rows) rather than a `Record`; a lenient
+  read also leaves out the images of skipped rows. `cxr_jax.semantics.concepts` composes the
+  masks.
+
+Every other reader returns a list of `Record` (module ``_schema``, with `Box`, `Shape`, `Labels`
+and `label_matrix`), one per data row, in file order.
 
 Strict or lenient: bad input never passes silently. A malformed row, a missing column, an
 unknown label or a box outside the image raises ``ValueError("<file>, line <n>: <problem> ...")``;
@@ -36,6 +44,9 @@ CheXpert train CSV (223,414 rows) in about 1.7 s and 100 MB (mostly the path str
 """
 from cxr_jax.data.records._schema import Box, Labels, Record, Shape, label_matrix
 from cxr_jax.data.records.brixia import BRIXIA_ZONES, parse_brixia_score, read_brixia
+from cxr_jax.data.records.covid_seg import (COVID_SEG_ALIASES, COVID_SEG_CONCEPTS,
+                                            SegmentationEntry, SegmentationMask, covid_concept,
+                                            read_covid_segmentation)
 from cxr_jax.data.records.chexpert import (CHEXPERT_BLANKS, CHEXPERT_OBSERVATIONS,
                                            CHEXPERT_POLICIES, read_chexpert)
 from cxr_jax.data.records.nih import (NIH_BOX_ALIASES, NIH_FINDINGS, NIH_FRAME, parse_nih_box,
@@ -69,4 +80,10 @@ __all__ = [
     "PATH_COLUMNS",
     "ImagePaths",
     "read_image_paths",
+    "COVID_SEG_CONCEPTS",
+    "COVID_SEG_ALIASES",
+    "SegmentationEntry",
+    "SegmentationMask",
+    "covid_concept",
+    "read_covid_segmentation",
 ]
