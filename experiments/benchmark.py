@@ -18,7 +18,8 @@ in forward passes and writes DIR/metrics.json (see `cxr_jax.benchmark_metrics`).
 
 from absl import app, flags
 
-from cxr_jax import attribution, benchmark, benchmark_explain, benchmark_metrics
+from cxr_jax import (attribution, benchmark, benchmark_dissect, benchmark_explain,
+                     benchmark_metrics)
 from experiments import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
@@ -31,11 +32,17 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per method (fewer for
 _SLOW_S = flags.DEFINE_float("slow_s", 30.0, "A method whose warm-up call takes longer than "
                              "this is timed once.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Re-time methods already in the file.")
-_CASE = flags.DEFINE_enum("case", "methods", ["methods", "explain_folder", "metrics"],
+_CASE = flags.DEFINE_enum("case", "methods",
+                          ["methods", "explain_folder", "metrics", "dissect"],
                           "methods: the forward pass and each method; explain_folder: the "
                           "explain command on --num_images PNGs against its parts; metrics: "
-                          "each evaluation metric per image.")
+                          "each evaluation metric per image; dissect: network dissection's "
+                          "time and peak memory over --dissect_sizes phantoms.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 100, "Images of the explain_folder case.")
+_DISSECT_SIZES = flags.DEFINE_list("dissect_sizes", ["2000", "10000"],
+                                   "Dataset sizes of the dissect case.")
+_DISSECT_LAYER = flags.DEFINE_string("dissect_layer", "denseblock4",
+                                     "Layer the dissect case dissects.")
 
 
 def main(argv):
@@ -54,6 +61,17 @@ def main(argv):
         print(f"forward {r['forward_s_per_image'] * 1e3:.1f} ms/img; decode {r['decode_s']:.1f}"
               f" s; {parts}\ncommand {r['wall_s']:.1f} s wall vs {r['expected_s']:.1f} s "
               f"expected: ratio {r['ratio']:.2f}")
+        return
+    if _CASE.value == "dissect":
+        r = benchmark_dissect.dissect_case(
+            _WORKDIR.value, model_name=_MODEL.value, image_size=_IMAGE_SIZE.value,
+            batch_size=_BATCH.value, layer=_DISSECT_LAYER.value, num_classes=_CLASSES.value,
+            sizes=[int(n) for n in _DISSECT_SIZES.value])
+        print(f"forward {r['forward_s_per_image'] * 1e3:.1f} ms/img")
+        for n, m in r["sizes"].items():
+            print(f"{n:>6s} images: {m['wall_s']:7.1f} s ({m['ratio_to_forward']:.2f} F per "
+                  f"image), peak RSS {m['peak_rss_gb']:.2f} GB, {m['labelled']}/{m['units']} "
+                  f"units labelled")
         return
     if _CASE.value == "metrics":
         r = benchmark_metrics.metrics_case(

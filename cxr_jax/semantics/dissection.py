@@ -698,7 +698,11 @@ def _dissect(features, params, data: _Data, *, quantile, iou_threshold, resoluti
                 host.add(sketch)
                 sketch = sketch._replace(counts=data.replicate(jnp.zeros_like(sketch.counts)))
                 since = 0
-            sketch = step1(sketch, params, x, valid)
+            new = step1(sketch, params, x, valid)
+            # Wait for the previous step: one batch in flight, so the images of a long
+            # dataset do not pile up on the device behind the dispatch queue.
+            jax.block_until_ready(sketch)
+            sketch = new
             since += per_step
             seen += n
         host.add(sketch)
