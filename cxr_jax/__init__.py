@@ -26,8 +26,9 @@ The map (each package's own docstring lists its modules):
            semantics   semantics/   network dissection (streaming, sharded, with chance
                                     baselines), semantic attribution, concept masks from
                                     real datasets
-  Layer 4, studies     quickstart, paper, benchmark (+ benchmark_explain),
-                       evaluation.evaluate_checkpoint, training.train_and_evaluate; explain/
+  Layer 4, studies     quickstart, paper, benchmark (+ benchmark_explain, _metrics,
+                       _dissect), semantics.study, evaluation.evaluate_checkpoint,
+                       training.train_and_evaluate; explain/
                        (a user's own images -> maps, overlays, gallery); convert/ (PyTorch
                        weights, with its CLI)
 

@@ -11,6 +11,9 @@
   concepts     concept masks for dissection from real data: the COVID-19 CXR segmentation
                set (masks pasted at their offsets) and NIH boxes as filled rectangles, and a
                re-iterable batch source that skips unreadable images
+  study        the semantics study (experiments.semantics): five phantom models trained,
+               dissected beside the baselines, explained by concept, reported (not imported
+               here; `from cxr_jax.semantics import study`)
 
 The public contract: `dissect(model, variables, batches, *, layer, quantile=0.005,
 iou_threshold=0.04) -> Dissection` with fields thresholds [U], iou [U, C], labels [U], scores [U].
