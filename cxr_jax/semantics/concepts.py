@@ -49,7 +49,7 @@ from PIL import Image
 
 from cxr_jax.data.images import (INTENSITIES, box_masks, load_image, preprocess, resize,
                                  scale_boxes)
-from cxr_jax.data.images.geometry import _geometry
+from cxr_jax.data.images.geometry import crop_geometry
 from cxr_jax.data.records import NIH_FINDINGS, Record
 from cxr_jax.data.records.covid_seg import SegmentationEntry, covid_concepts
 
@@ -96,7 +96,7 @@ def _to_grid(full: np.ndarray, size: int, crop: str | None) -> np.ndarray:
     """Masks [K, H, W] on the image's pixel grid -> [K, size, size] bool on the model-input
     grid: the crop and resize of `preprocess`, kept where >= half a pixel is covered."""
     h, w = full.shape[-2:]
-    top, left, ch, cw, _ = _geometry(h, w, size, crop, None)
+    top, left, ch, cw, _ = crop_geometry(h, w, size, crop, None)
     part = full[..., top:top + ch, left:left + cw].astype(np.float32)
     return resize(part, (size, size)) >= 0.5 - _AREA_TOLERANCE
 

@@ -3,7 +3,7 @@
 Coordinates are continuous pixel coordinates with the origin at the image's top-left corner; pixel
 ``(i, j)`` covers ``[j, j+1) x [i, i+1)`` and belongs to a region when its centre
 ``(j + 1/2, i + 1/2)`` does. Preprocessing moves every point by one affine map per axis,
-``x' = x * sx + tx`` (`_geometry` builds it from the crop, the output size and the annotation
+``x' = x * sx + tx`` (`crop_geometry` builds it from the crop, the output size and the annotation
 frame); moved boxes are clipped to the output and dropped when no area is left.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 
 from cxr_jax.data.records import Box, Shape
 
-__all__ = ["scale_boxes", "box_masks", "shape_masks"]
+__all__ = ["scale_boxes", "box_masks", "shape_masks", "crop_geometry"]
 
 
 class _Affine(NamedTuple):
@@ -128,7 +128,7 @@ def _move_shape(s: Shape, a: _Affine) -> Shape:
     return Shape(s.kind, tuple(p.ravel().tolist()))
 
 
-def _geometry(h: int, w: int, size: int, crop: str | None, frame_size: tuple[int, int] | None
+def crop_geometry(h: int, w: int, size: int, crop: str | None, frame_size: tuple[int, int] | None
               ) -> tuple[int, int, int, int, _Affine]:
     if crop in ("centre", "center"):
         side = min(h, w)

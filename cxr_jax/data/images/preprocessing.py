@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cxr_jax.data.images.decode import load_image
-from cxr_jax.data.images.geometry import (_geometry, _move_boxes, _move_shape, box_masks,
+from cxr_jax.data.images.geometry import (crop_geometry, _move_boxes, _move_shape, box_masks,
                                           shape_masks)
 from cxr_jax.data.images.resizing import resize
 from cxr_jax.data.records import Box, Record
@@ -74,7 +74,7 @@ def preprocess(image: np.ndarray, *, size: int = 224, crop: str | None = "centre
         raise ValueError(f"size={size!r} must be a positive integer")
     size = int(size)
     h, w = x.shape
-    top, left, ch, cw, aff = _geometry(h, w, size, crop, frame_size)
+    top, left, ch, cw, aff = crop_geometry(h, w, size, crop, frame_size)
     out = to_intensity(resize(x[top:top + ch, left:left + cw], (size, size)), intensity)
 
     new_boxes = None
@@ -136,7 +136,7 @@ def load_record(record: Record, *, size: int = 224, crop: str | None = "centre",
         raise ValueError(f"{record.path}: {e}{where}") from e
     if not masks:
         return x, boxes, None
-    aff = _geometry(h, w, int(size), crop, record.frame_size)[4]
+    aff = crop_geometry(h, w, int(size), crop, record.frame_size)[4]
     _, keep = _move_boxes(record.boxes, aff, int(size), int(size))
     shapes = record.meta.get("shapes") if record.meta else None
     if shapes is not None and len(shapes) == len(record.boxes):
