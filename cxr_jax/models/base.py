@@ -211,8 +211,19 @@ class Model:
           x: an example input [B, H, W, C] (only its shape and dtype matter).
         Returns:
           {"params": ..., "batch_stats": ...} nested as torchvision names the modules.
+
+        Runs as one compiled program at XLA's lowest backend optimisation level: op by op, every
+        parameter's initialiser compiled on its own (7 s for resnet_tiny, 24 s for DenseNet-121
+        on a 2-core CPU); optimised, the one program took 3.6 s and 8 s to compile, most of it
+        spent optimising random-number code that runs once; unoptimised, 0.8 s and 6 s. The
+        values are the same draws (within float32 rounding of the initialisers' arithmetic).
         """
         self._check_input(x, None)
+        if any(isinstance(a, jax.core.Tracer) for a in (key, x)):  # inside a caller's trace
+            return self._init_variables(key, x)
+        return _init_compiled(self, key, jnp.zeros(x.shape, x.dtype))
+
+    def _init_variables(self, key: Array, x: Array) -> dict:
         variables: dict[str, dict] = {}
         h = x
         for i, stage in enumerate(self.stage_list):
@@ -333,6 +344,11 @@ class Model:
         config.update(changes)
         return self.builder(self.name, num_classes=self.num_classes,
                             in_channels=self.in_channels, **config)
+
+
+# The model is static (hashable by its key): one compile per (model, input shape and dtype).
+_init_compiled = jax.jit(Model._init_variables, static_argnums=0,
+                         compiler_options={"xla_backend_optimization_level": 0})
 
 
 def stage_shapes(model: Model, x_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
