@@ -131,3 +131,72 @@ def test_mae_with_missing_targets_and_sums():
     np.testing.assert_allclose(mae(p2, t2), [0.5, 0.0])
     with pytest.raises(ValueError, match="same shape"):
         mae(p, t[:2])
+
+
+# ------------------------------------------------------------ MCC and the paired bootstrap
+def test_mcc_hand_values_and_best_threshold():
+    from cxr_jax.metrics import best_mcc_threshold, mcc
+
+    s = np.array([0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1])
+    y = np.array([1, 1, 0, 1, 0, 0, 1, 0], float)
+    # threshold 0.6: predictions 1 1 1 1 0 0 0 0 -> TP 3, FP 1, FN 1, TN 3 -> (9 - 1) / 4 = 0.5
+    assert mcc(s, y, 0.6) == pytest.approx(0.5)
+    # threshold 0.8: TP 2, FP 0, FN 2, TN 4 -> 8 / sqrt(2 * 4 * 4 * 6) = 0.5773...
+    assert mcc(s, y, 0.8) == pytest.approx(8 / np.sqrt(2 * 4 * 4 * 6))
+    assert mcc(s, y, 2.0) == 0.0      # nothing predicted positive: an empty margin gives 0
+    t, m = best_mcc_threshold(s, y)
+    # brute force over every cut
+    cands = {c: mcc(s, y, c) for c in s}
+    assert m == pytest.approx(max(cands.values()))
+    assert t == max(c for c, v in cands.items() if np.isclose(v, m))
+    # NaN labels drop out of their column only; two columns at once
+    s2 = np.stack([s, s[::-1]], 1)
+    y2 = np.stack([y, np.where(np.arange(8) == 0, np.nan, y[::-1])], 1)
+    t2, m2 = best_mcc_threshold(s2, y2)
+    assert t2[0] == t and m2[0] == pytest.approx(m)
+    assert m2[1] == pytest.approx(best_mcc_threshold(s[::-1][1:], y[::-1][1:])[1])
+    # a label with no positives has no operating point
+    assert best_mcc_threshold(s, np.zeros(8)) == (np.inf, 0.0)
+
+
+def test_weighted_auroc_equals_the_auroc_of_the_resampled_rows():
+    from cxr_jax.metrics import bootstrap_indices, weighted_auroc
+
+    rng = np.random.default_rng(0)
+    s = np.round(rng.normal(size=(60, 3)), 1)           # rounded: many ties
+    y = (rng.uniform(size=(60, 3)) < 0.4).astype(float)
+    y[rng.uniform(size=(60, 3)) < 0.1] = np.nan
+    idx = bootstrap_indices(60, 25, seed=3)
+    w = np.zeros((25, 60))
+    np.add.at(w, (np.arange(25)[:, None], idx), 1.0)
+    got = weighted_auroc(s, y, w)
+    want = np.stack([auroc(s[i], y[i]) for i in idx])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(weighted_auroc(s, y, np.ones((1, 60)))[0], auroc(s, y), atol=1e-12)
+
+
+def test_paired_bootstrap_equals_a_direct_computation_and_pairs_the_images():
+    from cxr_jax.metrics import bootstrap_indices, paired_auroc_difference
+
+    rng = np.random.default_rng(1)
+    n = 80
+    y = (rng.uniform(size=(n, 2)) < 0.5).astype(float)
+    a = y * 1.0 + rng.normal(size=(n, 2))
+    b = a + 0.8 * rng.normal(size=(n, 2))              # the same images, degraded
+    idx = bootstrap_indices(n, 400, seed=7)
+    res = paired_auroc_difference(a, b, y, indices=idx)
+    direct = np.stack([auroc(b[i], y[i]) - auroc(a[i], y[i]) for i in idx])
+    lo, hi = np.quantile(direct, [0.025, 0.975], axis=0)
+    np.testing.assert_allclose(res.low, lo, atol=1e-12)
+    np.testing.assert_allclose(res.high, hi, atol=1e-12)
+    np.testing.assert_allclose(res.delta, auroc(b, y) - auroc(a, y), atol=1e-12)
+    m_lo, m_hi = np.quantile(direct.mean(1), [0.025, 0.975])
+    assert (res.mean_low, res.mean_high) == pytest.approx((m_lo, m_hi), abs=1e-12)
+    assert res.mean_delta == pytest.approx(float(np.mean(auroc(b, y) - auroc(a, y))))
+    # Pairing: identical scores on both sides give a zero-width interval at 0, which an
+    # unpaired bootstrap (two independent resamples) would not.
+    same = paired_auroc_difference(a, a, y, n_boot=200)
+    assert np.all(same.low == 0) and np.all(same.high == 0)
+    # the drop is seen: b is noisier, so its AUROC is lower and the interval excludes 0 or
+    # at least lies mostly below it
+    assert res.mean_delta < 0 and res.mean_low < 0

@@ -1,6 +1,6 @@
 """Metrics: classification, localisation, faithfulness and randomisation sanity checks.
 
-Modules: `classification` (accuracy, MAE, AUROC); localisation in `pointing` (pointing game and
+Modules: `classification` (accuracy, MAE, AUROC, MCC, paired bootstrap); localisation in `pointing` (pointing game and
 its summary), `boxes` (multi-Otsu boxes, box IoU/IoBB/IoR, box <-> mask, method agreement) and
 `heat` (effective heat ratio); `faithfulness` (deletion/insertion curves, sensitivity-n);
 `randomization` (model-randomisation sanity checks, consistency).
@@ -23,10 +23,16 @@ from cxr_jax.metrics.boxes import (
     top_class_mask,
 )
 from cxr_jax.metrics.classification import (
+    PairedDifference,
     Sums,
     accuracy,
     accuracy_sums,
     auroc,
+    best_mcc_threshold,
+    bootstrap_indices,
+    mcc,
+    paired_auroc_difference,
+    weighted_auroc,
     mae,
     mae_sums,
     multilabel_accuracy,
@@ -72,6 +78,12 @@ __all__ = [
     "accuracy",
     "accuracy_sums",
     "auroc",
+    "mcc",
+    "best_mcc_threshold",
+    "bootstrap_indices",
+    "weighted_auroc",
+    "paired_auroc_difference",
+    "PairedDifference",
     "mae",
     "mae_sums",
     "multilabel_accuracy",
