@@ -129,3 +129,68 @@ def test_tubes_change_exactly_their_masks_and_are_not_findings():
     et = batch.concepts[:, phantoms.CONCEPTS.index("et_tube")]
     lungs = batch.concepts[:, :2].any(axis=1)
     assert (et & lungs).sum() < 0.05 * max(et.sum(), 1)       # the ET tube runs in the trachea
+
+
+def test_v2_borders_blur_per_image_and_soften_at_the_cardiophrenic_angle(monkeypatch):
+    from cxr_jax.data.phantoms import anatomy
+    from cxr_jax.data.phantoms._fields import _Draws
+    from cxr_jax.data.phantoms.geometry import dome, draw_frame
+
+    def render(blur):
+        d = _Draws(5, np.arange(4))
+        fr = draw_frame(d, 160)
+        pt = anatomy.draw_patient(d, np.full(len(phantoms.FINDINGS), 0.0))
+        return fr, pt, anatomy.render(d, fr, pt, "v2", np.full(4, blur))
+
+    def partial(layer):                      # pixels inside an edge's anti-aliasing ramp
+        return (layer > 0.02) & (layer < 0.98)
+
+    fr, pt, soft = render(1.0)
+    _, _, blurred = render(2.0)
+    # twice the blur: about twice as many lung-edge pixels on their ramp, the masks unchanged
+    ratio = partial(blurred.lung).sum() / partial(soft.lung).sum()
+    assert 1.6 < ratio < 2.4
+    np.testing.assert_array_equal(blurred.heart_bin, soft.heart_bin)
+    np.testing.assert_array_equal(blurred.lung_any, soft.lung_any)
+    # Without the cardiophrenic softening the lungs change only within CARDIOPHRENIC (plus an
+    # edge width) above the dome, next to the heart, and there the ramp was wider.
+    monkeypatch.setattr(anatomy, "CARDIOPHRENIC_SOFT", 1.0)
+    _, _, plain = render(1.0)
+    changed = np.abs(plain.lung - soft.lung) > 1e-6
+    assert changed.sum() > 20
+    dome_y = np.where(fr.X < 0, dome(fr.px[-1], pt.lungs[-1]), dome(fr.px[+1], pt.lungs[+1]))
+    assert np.all((dome_y - fr.Y)[changed] < anatomy.CARDIOPHRENIC + 2 * fr.edge)
+    near_heart = np.zeros_like(soft.heart_bin)
+    for dy in range(-4, 5):
+        for dx in range(-4, 5):
+            near_heart |= np.roll(soft.heart_bin, (dy, dx), axis=(1, 2))
+    assert near_heart[changed].all()
+    assert partial(soft.lung).sum() > partial(plain.lung).sum()
+
+
+def test_spicules_point_where_drawn_and_reach_their_own_lengths():
+    from cxr_jax.data.phantoms import blend
+
+    K = blend.SPICULES[1] - 1
+    m = 6
+    jitter = np.linspace(0.1, 0.9, K)[None]
+    length = np.linspace(0.0, 1.0, K)[None]
+    v = blend.Draws(spiculated=np.array([True]), spicules=np.array([m]),
+                    reach=np.array([0.5]), phase=np.array([0.3]), lobar=np.array([False]),
+                    haze=np.zeros((1, 16, 16), np.float32), jitter=jitter, length=length)
+    k = np.arange(m)
+    angles = 0.3 + 2 * np.pi * (k + blend.SPICULE_JITTER * (jitter[0, :m] - 0.5)) / m
+    r = np.linspace(0.2, 1.6, 200)
+    # one ray per spicule plus rays half-way between neighbours; qq = r^2 along each ray
+    rays = np.concatenate([angles, angles + np.pi / m])
+    ddx = (r[None, :] * np.cos(rays)[:, None])[None].astype(np.float32)
+    ddy = (r[None, :] * np.sin(rays)[:, None])[None].astype(np.float32)
+    qq = blend.spiculate(v, np.array([0]), ddx, ddy, (ddx ** 2 + ddy ** 2).copy())
+    grow = np.sqrt((ddx ** 2 + ddy ** 2) / qq)[0]            # radial growth where computed
+    reach = 0.5 * (0.35 + 0.65 * length[0, :m])
+    # on its own ray each spicule pushes the margin out by at least its reach
+    np.testing.assert_allclose(grow[:m, 0], 1 + reach, rtol=0.02, atol=0.02)
+    assert np.all(grow[:m, 0] >= 1 + reach - 1e-4)
+    # between spicules the margin barely moves; lengths differ from spicule to spicule
+    assert np.all(grow[m:, 0] < 1 + 0.3 * reach.max())
+    assert np.ptp(grow[:m, 0]) > 0.2

@@ -35,13 +35,15 @@ the stream: a random-access source for a data loader.
 Two styles: "v2" (the default) and "v1" (`style="v1"`: the shapes above with white noise, what
 every number before v2 was measured on, kept bit-identical to reproduce them). v2 draws the same
 patients, with lung vessel trees, rib cortices, a body that thins towards its outline, soft
-tissue, bowel gas, scatter, detector blur and quantum noise (`texture`); findings that blend in
+tissue, bowel gas, scatter, detector blur and quantum noise (`texture`); lung borders blurred by
+a per-image amount (motion, breathing) and a heart border that softens at the cardiophrenic
+angles (`anatomy.render`); findings that blend in
 (soft, partly spiculated lesions; consolidation hiding the vessels, with air bronchograms; a
 ground-glass haze the vessels show through: `blend`); and ET tubes, central lines and NG tubes
 as concepts (`tubes`), all from draws of its own. `contrast` scales what the lung findings
 change (the difficulty dial). `realism(images)` measures how radiograph-like a batch is
 (spectral slope, pixel-scale power, gradient ratio); on 224-pixel images, four real
-radiographs give -3.48 / 2.2e-4 / 9.8, v1 -2.92 / 2.0e-3 / 14.1 and v2 -3.65 / 3.3e-4 / 11.1
+radiographs give -3.48 / 2.2e-4 / 9.8, v1 -2.92 / 2.0e-3 / 14.1 and v2 -3.66 / 3.6e-4 / 10.8
 (seed 1, 24 images).
 
 Modules (each step of a chunk draws its random values in the order `generator._render` calls it):

@@ -132,9 +132,13 @@ def noise_window(d: _Draws, seed: int, S: int) -> np.ndarray:
     return windows[pick[:, 0], pick[:, 1], pick[:, 2]]
 
 
-def _soft(d: np.ndarray, width: float) -> np.ndarray:
-    """Anti-aliased indicator of d > 0: clip(d / width + 1/2, 0, 1) (in place on d)."""
-    d *= 1.0 / width
+def _soft(d: np.ndarray, width) -> np.ndarray:
+    """Anti-aliased indicator of d > 0: clip(d / width + 1/2, 0, 1) (in place on d); width a
+    number or an array broadcasting against d."""
+    if np.ndim(width):
+        d /= width
+    else:
+        d *= 1.0 / width
     d += 0.5
     return np.clip(d, 0.0, 1.0, out=d)
 

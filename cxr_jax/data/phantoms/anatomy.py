@@ -125,21 +125,35 @@ def _heart_shape(d: _Draws, lungs, ctr) -> dict[str, np.ndarray]:
     return dict(phi=phi, ha=ha, hb=hb, v_ext=v_ext, hx=hx, hy=hy)
 
 
-def render(d: _Draws, fr: Frame, pt: Patient, style: str = "v1") -> Anatomy:
+CARDIOPHRENIC = 0.12    # v2: height above the dome over which the heart border softens
+CARDIOPHRENIC_SOFT = 4.0  # v2: how much wider the heart's edge is where it meets the dome
+
+
+def render(d: _Draws, fr: Frame, pt: Patient, style: str = "v1",
+           blur: np.ndarray | None = None) -> Anatomy:
     """Draws the healthy chest of every image of the chunk (draws only the markings' field).
 
     style "v2" draws a body that thins towards its outline, thinner ribs with bright cortices,
-    a fainter spine behind the mediastinum and a darker trachea; the masks are the same as
-    v1's."""
+    a fainter spine behind the mediastinum and a darker trachea, and borders that are sharp
+    where real ones are and soft elsewhere: the lungs' edges (the diaphragm's and the heart's
+    silhouettes against air) are blurred per image by `blur` ([B] factors >= 1 on the
+    anti-aliasing width: patients move and breathe), and the heart's edge widens up to
+    CARDIOPHRENIC_SOFT times within CARDIOPHRENIC of the dome, where the epicardial fat pad
+    blurs the cardiophrenic angle. The masks are the same as v1's."""
     w, body_bin, body = _body(fr, pt)
     if style == "v2":  # a rounded body: thinner, so fainter, towards its outline
         body *= 0.4 + 0.6 * np.sqrt(np.clip(w * (1 / 0.16), 0.0, 1.0))
     domes = {side: dome(fr.px[side], pt.lungs[side]) for side in (-1, +1)}
     dome_y = np.where(fr.X < 0, domes[-1], domes[+1])
     abd = _soft(fr.Y - dome_y, 2 * fr.edge)
-    heart_sd, heart_bin, heart = _heart(fr, pt, dome_y, body_bin)
+    edge = fr.edge if blur is None else fr.edge * _b(blur)
+    heart_edge = edge
+    if style == "v2":
+        near_dome = np.clip(1.0 - (dome_y - fr.Y) * (1 / CARDIOPHRENIC), 0.0, 1.0)
+        heart_edge = edge * (1.0 + (CARDIOPHRENIC_SOFT - 1.0) * near_dome)
+    heart_sd, heart_bin, heart = _heart(fr, pt, dome_y, body_bin, heart_edge)
     med_sd, med_bin, med = _mediastinum(fr, pt, heart_bin, body_bin)
-    lung_ell, lung_dist, lung_bins, lung = _lungs(fr, pt, domes, w, heart_sd, med_sd)
+    lung_ell, lung_dist, lung_bins, lung = _lungs(fr, pt, domes, w, heart_sd, med_sd, edge)
     lung *= 1.0 - heart
     lung *= 1.0 - med
     bone, ribs_bin, clav_bin, diaph_bin, spine_bin = _bones(fr, pt, domes, lung_ell,
@@ -166,8 +180,9 @@ def _body(fr: Frame, pt: Patient):
     return w, w > 0, _soft(w.copy(), 2 * fr.edge)
 
 
-def _heart(fr: Frame, pt: Patient, dome_y, body_bin):
-    """Tilted heart ellipse cut off just below the dome: signed distance, mask, soft layer."""
+def _heart(fr: Frame, pt: Patient, dome_y, body_bin, edge):
+    """Tilted heart ellipse cut off just below the dome: signed distance, mask, soft layer
+    (anti-aliased over `edge`, a width or a per-pixel width field)."""
     dx, dy = fr.X - _b(pt.hx), fr.Y - _b(pt.hy)
     cp, sp = _b(np.cos(pt.phi)), _b(np.sin(pt.phi))
     p1 = (dx * cp + dy * sp) / _b(pt.ha)
@@ -175,7 +190,7 @@ def _heart(fr: Frame, pt: Patient, dome_y, body_bin):
     heart_sd = (1.0 - (p1 * p1 + p2 * p2)) * _b(pt.hb * 0.5)
     del dx, dy, p1, p2
     np.minimum(heart_sd, dome_y + 0.03 - fr.Y, out=heart_sd)   # its lower part hides below it
-    return heart_sd, (heart_sd > 0) & body_bin, _soft(heart_sd.copy(), fr.edge)
+    return heart_sd, (heart_sd > 0) & body_bin, _soft(heart_sd.copy(), edge)
 
 
 def _mediastinum(fr: Frame, pt: Patient, heart_bin, body_bin):
@@ -186,13 +201,14 @@ def _mediastinum(fr: Frame, pt: Patient, heart_bin, body_bin):
     return med_sd, (med_sd > 0) & ~heart_bin & body_bin, _soft(med_sd.copy(), fr.edge)
 
 
-def _lungs(fr: Frame, pt: Patient, domes, w, heart_sd, med_sd):
+def _lungs(fr: Frame, pt: Patient, domes, w, heart_sd, med_sd, edge):
     """Skewed half-ellipses above the domes; their masks leave out heart, mediastinum and what
     lies outside the body (`render` cuts heart and mediastinum from the soft lungs).
 
     Everything drawn per side (lung, ribs, clavicle, diaphragm) has px = side * X > -0.15, so
     only the columns fr.cols[side] are computed for that side. Returns per side the ellipse
-    value e and the lung distance (on those columns), the full-size masks, and the soft lungs.
+    value e and the lung distance (on those columns), the full-size masks, and the soft lungs
+    (anti-aliased over `edge`, a width or per-image widths [B, 1, 1]).
     """
     lung_ell, lung_dist, lung_bins = {}, {}, {}
     lung = fr.zeros()
@@ -207,7 +223,7 @@ def _lungs(fr: Frame, pt: Patient, domes, w, heart_sd, med_sd):
         lung_dist[side] = ld
         lung_bins[side] = fr.zeros(bool)
         lung_bins[side][..., cs] = ld > 0
-        lung[..., cs] += _soft(sd, fr.edge)
+        lung[..., cs] += _soft(sd, edge)
     return lung_ell, lung_dist, lung_bins, lung
 
 

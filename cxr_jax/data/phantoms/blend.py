@@ -7,8 +7,10 @@ brightness falls off, from draws of its own (`texture.draws`):
 
   round lesions  brightness amp min(1, 1.5 (1 - q)), q the squared normalised radius, so
                  the outer sixth of the radius fades to nothing (v1: a ninth, then a
-                 two-pixel anti-aliased rim, plus no detector blur); about half the lesions carry 5-9 spicules, narrow angular lobes
-                 that push the margin out by up to 60%.
+                 two-pixel anti-aliased rim, plus no detector blur); about half the lesions
+                 carry 5-9 spicules at irregular angles and of irregular lengths (up to 60%
+                 of the radius past the margin), each a Gaussian lobe in angle, so it tapers
+                 to a thin strand at its tip.
   consolidation  lobar (larger, a smooth outline) or patchy (a rougher one); inside it the
                  vessels vanish (the silhouette sign) and the bronchi along them stay dark
                  (air bronchograms).
@@ -30,7 +32,9 @@ from cxr_jax.data.phantoms._fields import _b, _Draws, _smooth
 
 SPICULATED = 0.5     # share of round lesions with spicules
 SPICULES = (5, 10)   # spicule count range [lo, hi)
-SPICULE_REACH = (0.25, 0.6)  # how far spicules push the margin out (share of the radius)
+SPICULE_REACH = (0.25, 0.6)  # how far the longest spicule reaches out (share of the radius)
+SPICULE_WIDTH = 0.12  # angular width (radians, Gaussian sd) of a spicule at the margin
+SPICULE_JITTER = 0.7  # how far a spicule's angle strays from even spacing (share of a gap)
 BRONCHOGRAM = 0.65   # darkening of the bronchi inside consolidation, share of its brightness
 HAZE_BAND = 0.08     # height of the band over which neighbouring zone scores blend
 
@@ -44,6 +48,8 @@ class Draws(NamedTuple):
     phase: np.ndarray
     lobar: np.ndarray
     haze: np.ndarray       # [B, 16, 16] coefficients of the haze texture
+    jitter: np.ndarray     # [B, K] uniforms: each spicule's angle off even spacing
+    length: np.ndarray     # [B, K] uniforms: each spicule's length, share of `reach`
 
 
 def draw(d2: _Draws) -> Draws:
@@ -52,22 +58,34 @@ def draw(d2: _Draws) -> Draws:
     return Draws(spiculated=d2.bern(SPICULATED),
                  spicules=np.floor(d2.u(lo, hi)).astype(np.int64),
                  reach=d2.u(*SPICULE_REACH), phase=d2.u(0.0, 2 * np.pi),
-                 lobar=d2.bern(0.5), haze=d2.field(16))
+                 lobar=d2.bern(0.5), haze=d2.field(16),
+                 jitter=d2.uniform01(hi - 1), length=d2.uniform01(hi - 1))
 
 
 def spiculate(v: Draws, sub: np.ndarray, ddx: np.ndarray, ddy: np.ndarray,
               qq: np.ndarray) -> np.ndarray:
     """qq [n, S, S] (squared normalised radius of images `sub`) with the spicules of the
-    spiculated ones: the radius grows by reach x |cos|^16 of half (count x angle - phase)
-    around the centre. Only pixels the spicules can reach are computed (in place on qq)."""
+    spiculated ones. Spicule k of an image with `spicules` = m points at angle
+    phase + 2 pi (k + SPICULE_JITTER (jitter_k - 1/2)) / m and reaches reach x (0.35 + 0.65
+    length_k) past the margin; at angle theta the radius grows by the largest
+    reach_k exp(-(angle difference / SPICULE_WIDTH)^2 / 2), so each spicule narrows towards its
+    tip. Only pixels the spicules can reach are computed (in place on qq)."""
     reach = v.reach[sub] * v.spiculated[sub]
     near = qq < _b((1.0 + reach) ** 2)
     near &= (reach > 0)[:, None, None]
     where = np.nonzero(near)
+    if not where[0].size:
+        return qq
+    k = np.arange(v.jitter.shape[1])
+    m = v.spicules[sub][:, None]
+    angle = v.phase[sub][:, None] + 2 * np.pi * (k + SPICULE_JITTER * (v.jitter[sub] - 0.5)) / m
+    length = np.where(k < m, reach[:, None] * (0.35 + 0.65 * v.length[sub]), 0.0)  # [n, K]
     theta = np.arctan2(ddy[where], ddx[where])
-    lobes = np.cos(0.5 * (v.spicules[sub][where[0]] * theta - v.phase[sub][where[0]]))
-    lobes **= 16                                     # narrow spikes, `spicules` of them
-    grow = 1.0 + reach[where[0]] * lobes
+    off = theta[:, None] - angle[where[0]]                          # [P, K]
+    off = (off + np.pi) % (2 * np.pi) - np.pi
+    lobes = np.exp(-0.5 * (off / SPICULE_WIDTH) ** 2)
+    lobes *= length[where[0]]
+    grow = 1.0 + lobes.max(axis=1)
     qq[where] /= (grow * grow).astype(qq.dtype)
     return qq
 

@@ -23,6 +23,7 @@ from cxr_jax.data.phantoms.schema import (CONCEPTS, DEFAULT_PREVALENCE, FINDINGS
 _MIN_SIZE = 32
 STYLES = ("v1", "v2")
 _CHUNK = 6
+BORDER_BLUR = (1.0, 2.2)   # v2: range of the per-image blur of the lung borders (x anti-aliasing)
 _OPACITY_SOURCES = [FINDINGS.index(k) for k in OPACITY_FINDINGS]
 
 
@@ -33,8 +34,9 @@ def _render(seed: int, out: PhantomBatch, lo: int, hi: int, prev: np.ndarray,
     d = _Draws(seed, out.index[lo:hi])
     fr = draw_frame(d, out.images.shape[1])
     pt = anatomy.draw_patient(d, prev)
-    an = anatomy.render(d, fr, pt, style)
     d2 = texture.draws(seed, out.index[lo:hi]) if style == "v2" else None
+    blur = d2.u(*BORDER_BLUR) if d2 is not None else None
+    an = anatomy.render(d, fr, pt, style, blur)
     if d2 is not None:
         an.marks = texture.vessels(d2, seed, fr, pt, an.lung)
         texture.soft_tissue(d2, fr, pt, an.body, an.lung, an.img)
