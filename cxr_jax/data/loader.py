@@ -77,7 +77,9 @@ class RecordSource(grain.RandomAccessDataSource):
 def make_loader(source: grain.RandomAccessDataSource, *, batch_size: int, seed: int = 0,
                 shuffle: bool = True, num_epochs: int | None = None,
                 drop_remainder: bool = True, worker_count: int = 0,
-                shard_by_process: bool = True) -> grain.DataLoader:
+                shard_by_process: bool = True,
+                transforms: Sequence[grain.MapTransform | grain.RandomMapTransform] = (),
+                ) -> grain.DataLoader:
     """A deterministic, checkpointable Grain loader yielding dicts of numpy batches.
 
     Args:
@@ -89,6 +91,9 @@ def make_loader(source: grain.RandomAccessDataSource, *, batch_size: int, seed: 
       drop_remainder: drop a last partial batch (keeps shapes static for jit).
       worker_count: Grain worker processes (0 = in-process).
       shard_by_process: each JAX process reads a disjoint shard.
+      transforms: Grain map transforms applied to each row before batching (random ones get a
+        generator per row from the sampler's seed: deterministic and resumable), e.g.
+        `cxr_jax.data.photo.PhotoAugment`.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
@@ -97,5 +102,6 @@ def make_loader(source: grain.RandomAccessDataSource, *, batch_size: int, seed: 
     sampler = grain.IndexSampler(len(source), shard_options=shard, shuffle=shuffle,
                                  num_epochs=num_epochs, seed=seed)
     return grain.DataLoader(data_source=source, sampler=sampler,
-                            operations=[grain.Batch(batch_size, drop_remainder=drop_remainder)],
+                            operations=[*transforms,
+                                        grain.Batch(batch_size, drop_remainder=drop_remainder)],
                             worker_count=worker_count)

@@ -25,6 +25,7 @@ from cxr_jax.common.files import read_json, write_json
 from cxr_jax.common.progress import progress as progress_bar
 from cxr_jax.data import datasets
 from cxr_jax.data.loader import make_loader
+from cxr_jax.data.photo.augment import PhotoAugment
 from cxr_jax.training.checkpoint import Checkpointer
 from cxr_jax.training.steps import (TrainState, create_state, make_eval_step, make_mesh,
                                     make_optimizer, make_train_step, replicate, shard_batch)
@@ -104,6 +105,13 @@ def _steps(config, model: models.Model):
     return tx, mesh, train_step, eval_fn, config.batch_size // jax.process_count()
 
 
+def _augmentation(config) -> list:
+    """The loader's row transforms: photo augmentation when `config.photo_augment` > 0 (the
+    share of training images photographed, each with its own random transform and level)."""
+    p = float(config.get("photo_augment", 0.0))
+    return [PhotoAugment(p)] if p else []
+
+
 def _restore(ckpt: Checkpointer, state: TrainState, it, workdir: str):
     """(state, extras) of the last checkpoint, with the data iterator moved to its position;
     the fresh state and empty extras when there is none."""
@@ -123,7 +131,8 @@ def fit(config, workdir: str, train_source, eval_arrays: Mapping[str, np.ndarray
     Args:
       config: ml_collections.ConfigDict with model, loss, steps, batch_size, learning_rate,
         warmup_steps, weight_decay, optimizer, schedule, eval_every, checkpoint_every, seed,
-        image_size, and optionally bf16, class_weights, label_smoothing, kill_at_step (testing:
+        image_size, and optionally bf16, class_weights, label_smoothing, photo_augment (share
+        of training images given a random CheXphoto transform), kill_at_step (testing:
         SIGKILL itself right after that step's checkpoint is started, to prove resumption).
       workdir: where checkpoints, history and results go.
       train_source: a Grain random-access source of {"image", "labels"} rows.
@@ -141,7 +150,8 @@ def fit(config, workdir: str, train_source, eval_arrays: Mapping[str, np.ndarray
     tx, mesh, train_step, eval_fn, local_batch = _steps(config, model)
     state = create_state(model, tx, image_size=config.image_size, seed=config.seed)
     ckpt = Checkpointer(workdir, keep=2, best_metric="score", best_mode="max")
-    it = iter(make_loader(train_source, batch_size=local_batch, seed=config.seed))
+    it = iter(make_loader(train_source, batch_size=local_batch, seed=config.seed,
+                          transforms=_augmentation(config)))
     state, extras = _restore(ckpt, state, it, workdir)
     resumed_from = int(state.step)
     state = replicate(state, mesh)

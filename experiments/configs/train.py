@@ -37,6 +37,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.checkpoint_every = 500
     c.seed = 0
     c.bf16 = False
+    c.photo_augment = 0.0         # share of training images photographed (CheXphoto transforms)
     c.kill_at_step = 0            # testing only: SIGKILL right after this step's checkpoint
     if variant == "quickstart":
         # 2,000 steps over 10,000 v2 phantoms: the whole quickstart took 3.4-5.4 minutes on our

@@ -32,6 +32,8 @@ Modules:
   appearance  brightness, contrast, blur, motion blur, glare, moire, exposure.
   recipes     the digital and photographic recipes and the `jpeg` round trip.
   registry    `TRANSFORMS` by name, `GEOMETRIC`, `names`, `as_rng`, `apply`.
+  batched     jit-compiled batch versions on device: `apply_batch`, `photo_batch`, `unwarp`, ...
+  augment     `PhotoAugment`, a Grain random map that photographs training images.
 
 Example:
   >>> image = np.full((64, 64), 0.5, np.float32)
@@ -49,6 +51,9 @@ from cxr_jax.data.photo.geometry import (homography, rotate, rotation, tilt, tra
                                          translation, warp)
 from cxr_jax.data.photo.recipes import digital, jpeg, photographic
 from cxr_jax.data.photo.registry import GEOMETRIC, TRANSFORMS, Transform, apply, as_rng, names
+from cxr_jax.data.photo.batched import (apply_batch, homographies, jpeg_batch, photo_batch,
+                                        unwarp, warp_masks)
+from cxr_jax.data.photo.augment import PhotoAugment
 
 __all__ = [
     "LEVELS",
@@ -80,4 +85,11 @@ __all__ = [
     "digital",
     "photographic",
     "jpeg",
+    "apply_batch",
+    "photo_batch",
+    "jpeg_batch",
+    "unwarp",
+    "warp_masks",
+    "homographies",
+    "PhotoAugment",
 ]
