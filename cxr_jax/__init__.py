@@ -27,7 +27,8 @@ The map (each package's own docstring lists its modules):
                                     baselines), semantic attribution, concept masks from
                                     real datasets
   Layer 4, studies     quickstart, paper, benchmark (+ benchmark_explain, _metrics,
-                       _dissect), semantics.study, evaluation.evaluate_checkpoint,
+                       _dissect), semantics.study, photos/ (models and their maps on
+                       CheXphoto-style photos), evaluation.evaluate_checkpoint,
                        training.train_and_evaluate; explain/
                        (a user's own images -> maps, overlays, gallery); convert/ (PyTorch
                        weights, with its CLI)

@@ -175,24 +175,37 @@ def _flat_pair(a, b) -> tuple[np.ndarray, np.ndarray]:
     return a.reshape(len(a), -1), b.reshape(len(b), -1)
 
 
-def spearman(a, b, *, absolute: bool = False) -> np.ndarray:
+def spearman(a, b, *, absolute: bool = False, mask=None) -> np.ndarray:
     """Spearman rank correlation per image: Pearson correlation of tie-averaged ranks.
 
-    rho_i = corr(rank(a_i), rank(b_i)) over all pixels; with `absolute`, ranks of |a| and |b|
-    (Adebayo et al. report both). NaN when a map is constant (no ranking).
+    rho_i = corr(rank(a_i), rank(b_i)) over all pixels (with `mask`, over the pixels where
+    mask_i is True, ranked among themselves: e.g. the part of an original image that a rotated
+    photo still shows); with `absolute`, ranks of |a| and |b| (Adebayo et al. report both). NaN
+    when a map is constant (no ranking) or fewer than two pixels are kept.
 
     Args:
       a, b: [B, H, W] (or [B, ...]) maps.
+      mask: optional [B, H, W] bool, the pixels compared.
     Returns:
       [B] float64 in [-1, 1].
     """
     a, b = _flat_pair(a, b)
     if absolute:
         a, b = np.abs(a), np.abs(b)
-    ra = rankdata(a, axis=-1, method="average")
-    rb = rankdata(b, axis=-1, method="average")
-    ra -= ra.mean(-1, keepdims=True)
-    rb -= rb.mean(-1, keepdims=True)
+    keep = None
+    if mask is not None:
+        keep = np.asarray(mask, bool).reshape(a.shape)
+        a, b = np.where(keep, a, np.nan), np.where(keep, b, np.nan)
+        ra = rankdata(a, axis=-1, method="average", nan_policy="omit")
+        rb = rankdata(b, axis=-1, method="average", nan_policy="omit")
+        count = np.maximum(keep.sum(-1, keepdims=True), 1)
+        ra = np.where(keep, ra - np.nansum(ra, -1, keepdims=True) / count, 0.0)
+        rb = np.where(keep, rb - np.nansum(rb, -1, keepdims=True) / count, 0.0)
+    else:
+        ra = rankdata(a, axis=-1, method="average")
+        rb = rankdata(b, axis=-1, method="average")
+        ra -= ra.mean(-1, keepdims=True)
+        rb -= rb.mean(-1, keepdims=True)
     den = np.sqrt((ra * ra).sum(-1) * (rb * rb).sum(-1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, (ra * rb).sum(-1) / np.where(den > 0, den, 1.0), np.nan)
@@ -206,7 +219,7 @@ def _minmax(x: jax.Array) -> jax.Array:
 
 
 def ssim(a, b, *, win_size: int = 7, normalize: bool = True, data_range: float | None = None,
-         k1: float = 0.01, k2: float = 0.03):
+         k1: float = 0.01, k2: float = 0.03, mask=None):
     """Mean structural similarity per image, equal to skimage's `structural_similarity`.
 
     Each map is first min-max normalised to [0, 1] (constant map -> 0), so `data_range` = 1;
@@ -217,12 +230,15 @@ def ssim(a, b, *, win_size: int = 7, normalize: bool = True, data_range: float |
       SSIM = (2 mu_a mu_b + C1)(2 s_ab + C2) / ((mu_a^2 + mu_b^2 + C1)(s_a^2 + s_b^2 + C2)),
     averaged over pixels at least (win_size - 1) / 2 from the border (skimage's defaults:
     gaussian_weights=False, use_sample_covariance=True). Vectorised over the batch in jax.
+    With `mask`, normalisation and the average use only the windows lying wholly inside the
+    mask (NaN for an image with none).
 
     Args:
       a, b: [B, H, W] maps.
       win_size: odd window side (7).
       normalize: per-image min-max normalisation first.
       data_range: R; required when normalize=False.
+      mask: optional [B, H, W] bool: the region compared (e.g. what a rotated photo still shows).
     Returns:
       [B] float32.
     """
@@ -234,7 +250,19 @@ def ssim(a, b, *, win_size: int = 7, normalize: bool = True, data_range: float |
     h, w = a.shape[1:]
     if win_size % 2 != 1 or win_size > min(h, w):
         raise ValueError(f"win_size must be odd and <= min(H, W) = {min(h, w)}, got {win_size}.")
-    if normalize:
+    inside = None
+    if mask is not None:
+        inside = jnp.asarray(mask, bool)
+        if inside.shape != a.shape:
+            raise ValueError(f"mask must be {a.shape}, got {inside.shape}.")
+        big, small = jnp.finfo(jnp.float32).max, jnp.finfo(jnp.float32).min
+        lo = lambda x: jnp.where(inside, x, big).min(axis=(-2, -1), keepdims=True)
+        hi = lambda x: jnp.where(inside, x, small).max(axis=(-2, -1), keepdims=True)
+        if normalize:   # min-max over the region, zero outside it
+            a = jnp.where(inside, (a - lo(a)) / jnp.maximum(hi(a) - lo(a), 1e-30), 0.0)
+            b = jnp.where(inside, (b - lo(b)) / jnp.maximum(hi(b) - lo(b), 1e-30), 0.0)
+            data_range = 1.0
+    if normalize and inside is None:
         a, b = _minmax(a), _minmax(b)
         data_range = 1.0
     elif data_range is None or data_range <= 0:
@@ -254,6 +282,12 @@ def ssim(a, b, *, win_size: int = 7, normalize: bool = True, data_range: float |
     c2 = (k2 * data_range) ** 2
     s = ((2 * ua * ub + c1) * (2 * vab + c2)) / ((ua ** 2 + ub ** 2 + c1) * (vaa + vbb + c2))
     pad = (win_size - 1) // 2
+    if inside is not None:   # windows wholly inside the region
+        whole = filt(inside.astype(jnp.float32)) > 1.0 - 1e-4
+        whole = whole[:, pad: h - pad, pad: w - pad]
+        total = jnp.where(whole, s[:, pad: h - pad, pad: w - pad], 0.0).sum(axis=(-2, -1))
+        count = whole.sum(axis=(-2, -1))
+        return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
     return s[:, pad: h - pad, pad: w - pad].mean(axis=(-2, -1))
 
 

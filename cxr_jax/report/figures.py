@@ -50,9 +50,12 @@ def _grid(ax, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], *,
                   "center", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     for (i, j), v in np.ndenumerate(matrix):
+        dark = False
+        if np.isfinite(v):  # white text on dark cells, judged by the cell colour's luminance
+            r, g, b, _ = colours(im.norm(v))
+            dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
         ax.text(j, i, f"{v:.2f}" if np.isfinite(v) else "n/a", ha="center", va="center",
-                fontsize=text_size, color="white" if np.isfinite(v) and v < (vmin + vmax) / 2
-                else "black")
+                fontsize=text_size, color="white" if dark else "black")
     ax.figure.colorbar(im, ax=ax, fraction=0.046)
 
 
@@ -67,12 +70,14 @@ def save_matrix(matrix: np.ndarray, names: Sequence[str], path: str, *, title: s
 
 
 def save_heatmap(values: np.ndarray, row_names: Sequence[str], col_names: Sequence[str],
-                 path: str, *, title: str = "", vmin: float = 0.0, vmax: float = 1.0) -> str:
-    """A [rows, columns] colour heatmap (viridis) with each value printed in its cell to 2
-    decimals; NaN cells grey with "n/a". Rows are drawn in the order given."""
+                 path: str, *, title: str = "", vmin: float = 0.0, vmax: float = 1.0,
+                 cmap: str = "viridis") -> str:
+    """A [rows, columns] colour heatmap (viridis, or `cmap`: e.g. "RdBu" with vmin = -vmax for
+    signed changes) with each value printed in its cell to 2 decimals; NaN cells grey with
+    "n/a". Rows are drawn in the order given."""
     values = np.asarray(values, float).reshape(len(row_names), len(col_names))
     fig, ax = plt.subplots(figsize=(3 + 0.95 * len(col_names), 1.2 + 0.36 * len(row_names)))
-    _grid(ax, values, row_names, col_names, cmap="viridis", vmin=vmin, vmax=vmax,
+    _grid(ax, values, row_names, col_names, cmap=cmap, vmin=vmin, vmax=vmax,
           aspect="auto", rotation=0, text_size=9)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
