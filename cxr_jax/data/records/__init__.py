@@ -11,6 +11,10 @@ each:
   lists ``train_val_list.txt`` / ``test_list.txt``.
 * CheXpert and CheXphoto (`read_chexpert`, module ``chexpert``): 14 observations valued 1, 0, -1
   (uncertain) or blank (not mentioned), with the U-Ignore / U-Zeros / U-Ones uncertainty policies.
+* CheXphoto release (`read_chexphoto`, module ``chexphoto``): `read_chexpert`'s rows plus each
+  photo's subset ("natural/oneplus", "synthetic/digital", ...) and pairing key
+  ("patient64541/study1/view1_frontal") in ``Record.meta``; `pair_with_originals` matches photos
+  to their CheXpert originals.
 * Object-CXR (`read_object_cxr`, module ``object_cxr``): one annotation string per image, objects
   separated by ``;``, each ``TYPE x1 y1 x2 y2 ...`` with TYPE 0 rectangle, 1 ellipse, 2 polygon.
 * BrixIA (`read_brixia`, module ``brixia``): semicolon-separated with a UTF-8 byte-order mark; the
@@ -49,6 +53,8 @@ from cxr_jax.data.records.covid_seg import (COVID_SEG_ALIASES, COVID_SEG_CONCEPT
                                             read_covid_segmentation)
 from cxr_jax.data.records.chexpert import (CHEXPERT_BLANKS, CHEXPERT_OBSERVATIONS,
                                            CHEXPERT_POLICIES, read_chexpert)
+from cxr_jax.data.records.chexphoto import (chexphoto_subset, original_key, pair_with_originals,
+                                            read_chexphoto)
 from cxr_jax.data.records.nih import (NIH_BOX_ALIASES, NIH_FINDINGS, NIH_FRAME, parse_nih_box,
                                       read_nih)
 from cxr_jax.data.records.paths import PATH_COLUMNS, ImagePaths, read_image_paths
@@ -70,6 +76,10 @@ __all__ = [
     "BRIXIA_ZONES",
     "read_nih",
     "read_chexpert",
+    "read_chexphoto",
+    "chexphoto_subset",
+    "original_key",
+    "pair_with_originals",
     "read_object_cxr",
     "read_brixia",
     "parse_nih_box",

@@ -33,6 +33,14 @@ _CHEX_SPLITS = ("train", "valid", "test")
 _PATIENT = re.compile(r"(patient\d+)")
 
 
+def check_options(policy: str, blank: str) -> None:
+    """ValueError unless `policy` is one of CHEXPERT_POLICIES and `blank` of CHEXPERT_BLANKS."""
+    if policy not in CHEXPERT_POLICIES:
+        raise ValueError(f"policy={policy!r}; choose one of {CHEXPERT_POLICIES}")
+    if blank not in CHEXPERT_BLANKS:
+        raise ValueError(f"blank={blank!r}; choose one of {CHEXPERT_BLANKS}")
+
+
 def _chexpert_labels(raw: tuple[str, ...], uncertain: float, blank_value: float,
                      xrv_healthy: bool) -> Labels:
     vals = []
@@ -103,10 +111,7 @@ def read_chexpert(csv_path: str | os.PathLike, *, root: str | os.PathLike | None
     Returns:
       One `Record` per row, in file order.
     """
-    if policy not in CHEXPERT_POLICIES:
-        raise ValueError(f"policy={policy!r}; choose one of {CHEXPERT_POLICIES}")
-    if blank not in CHEXPERT_BLANKS:
-        raise ValueError(f"blank={blank!r}; choose one of {CHEXPERT_BLANKS}")
+    check_options(policy, blank)
     csv_path = os.fspath(csv_path)
     problems = Problems("read_chexpert", lenient)
     rows = read_rows(csv_path)
