@@ -149,3 +149,78 @@ def test_photo_study_rejects_bad_configs():
         c.models = ("no_such_net",)
     with pytest.raises(ValueError, match="neither a folder"):
         study.run(c, "/tmp/unused_photos_workdir")
+
+
+# ------------------------------------------------------------------ the real CheXphoto release
+def _tiny_release(root, model_dir):
+    """A CheXphoto-layout release (two subsets, 6 patients each, one unreadable photo), its
+    CheXpert originals, and a converted resnet_tiny predicting the five tasks at 64 px."""
+    import jax
+    import jax.numpy as jnp
+    from PIL import Image
+
+    from cxr_jax import models
+    from cxr_jax.convert.checkpoint import save
+    from cxr_jax.convert.inference import input_convention
+    from cxr_jax.data.records import CHEXPERT_OBSERVATIONS
+
+    header = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(CHEXPERT_OBSERVATIONS)
+    tasks = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
+    rng = np.random.default_rng(0)
+    photo_rows, orig_rows = [], []
+    for i in range(6):
+        cells = ["" for _ in CHEXPERT_OBSERVATIONS]
+        for j, t in enumerate(tasks):
+            cells[CHEXPERT_OBSERVATIONS.index(t)] = "1.0" if (i + j) % 2 else "0.0"
+        tail = f",Male,60,Frontal,AP," + ",".join(cells)
+        key = f"patient{64540 + i}/study1/view1_frontal.jpg"
+        orig_rows.append(f"CheXpert-v1.0/valid/{key}{tail}")
+        for sub in ("natural/oneplus", "synthetic/digital"):
+            photo_rows.append(f"CheXphoto-v1.0/valid/{sub}/{key}{tail}")
+    for rel in [r.split(",", 1)[0] for r in photo_rows + orig_rows]:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (80, 80), dtype=np.uint8)).save(path)
+    (root / photo_rows[0].split(",", 1)[0]).write_bytes(b"")    # an unreadable photo
+    for csv, rows in (("CheXphoto-v1.0/valid/valid.csv", photo_rows),
+                      ("CheXpert-v1.0/valid/valid.csv", orig_rows)):
+        (root / csv).write_text("\n".join([header] + rows) + "\n")
+    model = models.get("resnet_tiny", num_classes=5)
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 1)))
+    names = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion"]
+    save(model_dir, variables, {"arch": "resnet_tiny", "num_classes": 5, "in_channels": 1,
+                                "source": "torchxrayvision", "pathologies": names,
+                                "input_convention": input_convention("torchxrayvision", 1, 64)})
+
+
+def test_real_chexphoto_pairs_scores_and_skips(tmp_path):
+    from cxr_jax.photos import study
+    from cxr_jax.photos.real import task_columns
+    from experiments.configs.photos import get_config
+
+    root, model_dir = tmp_path / "data", tmp_path / "xrv_tiny"
+    _tiny_release(root, model_dir)
+    c = get_config("test")
+    with c.unlocked():
+        c.data_dir, c.models, c.augmented, c.eval_batch_size = str(root), (str(model_dir),), (), 4
+    res = study.run(c, str(tmp_path / "run"))
+    assert res["subsets"] == {"natural/oneplus": 6, "synthetic/digital": 6}
+    assert res["tasks"]["xrv_tiny"] == ["Atelectasis", "Cardiomegaly", "Consolidation",
+                                        "Edema", "Pleural Effusion"]
+    assert [s["path"].endswith("patient64540/study1/view1_frontal.jpg") and "empty" in
+            s["reason"] for s in res["skipped"]] == [True]
+    by = res["classification"]["xrv_tiny"]
+    assert by["natural/oneplus"]["n"] == 5 and by["synthetic/digital"]["n"] == 6
+    for r in by.values():
+        for t in r["delta"]:
+            assert r["delta"][t] == pytest.approx(r["auroc_photo"][t] - r["auroc_original"][t])
+    # the rerun reads the saved scores and gives the same numbers
+    again = study.run(c, str(tmp_path / "run"))
+    np.testing.assert_equal(again["classification"], res["classification"])
+    assert "CheXphoto photos against their originals" in open(tmp_path / "run" / "index.html").read()
+    assert task_columns(["effusion", "", "Cardiomegaly"]) == {"Cardiomegaly": 2,
+                                                              "Pleural Effusion": 0}
+    with c.unlocked():
+        c.models = ("resnet_tiny",)
+    with pytest.raises(ValueError, match="as folders"):
+        study.run(c, str(tmp_path / "run2"))

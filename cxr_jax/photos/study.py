@@ -413,18 +413,37 @@ def _method_specs(config) -> dict:
     return specs
 
 
+def _run_real(config, workdir: str, start: float) -> dict:
+    """The real CheXphoto release instead of phantoms (`cxr_jax.photos.real`)."""
+    from cxr_jax.photos.real import run_real
+    from cxr_jax.report import photos as report
+
+    os.makedirs(workdir, exist_ok=True)
+    results = run_real(config, workdir)
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in config.to_dict().items()}
+    results["config"] = cfg
+    results["seconds"] = {"total": time.perf_counter() - start}
+    if runtime.is_writer():
+        write_json(os.path.join(workdir, "results.json"), results)
+        report.write_real(workdir, results)
+    return results
+
+
 def run(config, workdir: str, *, progress: bool = True) -> dict:
     """Runs (or resumes) the photo study in `workdir`; returns the results dict (module
     docstring).
 
     Args:
-      config: experiments/configs/photos.py.
+      config: experiments/configs/photos.py. With `config.data_dir` set, the real CheXphoto
+        release under it is scored instead (`cxr_jax.photos.real.run_real`).
       workdir: output folder; a rerun resumes.
       progress: show training progress bars.
     """
     from cxr_jax.report import photos as report  # figures load matplotlib only here
 
     start = time.perf_counter()
+    if config.data_dir:
+        return _run_real(config, workdir, start)
     _check(config)
     conds = conditions(config)
     keys = [condition_key(n, v) for n, v in conds]

@@ -241,3 +241,26 @@ def write(workdir: str, results: Mapping, example: np.ndarray, mask: np.ndarray,
     page.append(collapsed("Phase times", tables.html(
         [{"phase": k, "seconds": round(v, 1)} for k, v in results.get("seconds", {}).items()])))
     return write_index(workdir, "cxr_jax: photos of X-rays", page)
+
+
+def write_real(workdir: str, results: Mapping) -> str:
+    """index.html and tables of the real CheXphoto run (`cxr_jax.photos.real.run_real`)."""
+    from cxr_jax.photos.real import rows
+
+    table = rows(results)
+    tables.write(os.path.join(workdir, "real_classification"), table)
+    subsets = ", ".join(f"{k} ({v} pairs)" for k, v in results["subsets"].items())
+    page = [("Setup", f"<p>CheXphoto photos paired with their CheXpert originals: {subsets}; "
+                      f"{results['unpaired']} photos without an original were left out and "
+                      f"{len(results['skipped'])} unreadable images skipped (results.json lists "
+                      "them). Tasks per model: " + "; ".join(
+                          f"<b>{html.escape(m)}</b> {', '.join(t)}"
+                          + (f" (missing: {', '.join(results['missing_tasks'][m])})"
+                             if results["missing_tasks"][m] else "")
+                          for m, t in results["tasks"].items()) + ".</p>"),
+            ("AUROC on photos and originals", tables.html(table) + caption(
+                "Change: mean AUROC over the tasks on the photos minus the same on their "
+                "originals, with a paired bootstrap 95% interval (the same resampled pairs on "
+                "both sides). results.json also holds the MCC of the photos at the threshold "
+                "that maximised MCC on the originals."))]
+    return write_index(workdir, "cxr_jax: CheXphoto photos against their originals", page)

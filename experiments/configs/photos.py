@@ -7,9 +7,15 @@ r"""Config of the photo study (cxr_jax.photos.study): models on CheXphoto-style 
         --config=experiments/configs/photos.py:quick --config.models=runs/quickstart \
         --config.augmented=
 
+    python -m experiments.photos --workdir runs/chexphoto \
+        --config=experiments/configs/photos.py:quick --config.data_dir=/data \
+        --config.models=xrv_dir --config.augmented=
+
 `models` lists architectures to train here on phantoms, or folders (training workdirs such as
 the quickstart's, or converted checkpoints) to load; `augmented` lists architectures trained a
-second time with photo augmentation (the remedy). Variants: "quick" (two small models and the
+second time with photo augmentation (the remedy). With `data_dir` the study instead scores the
+model folders on the real CheXphoto release (photos against their CheXpert originals, the five
+competition tasks). Variants: "quick" (two small models and the
 remedy at 128 px; within 15 minutes on a 2-core CPU), "full" (DenseNet-121 and ResNet-50 at
 224 px, GPU-sized), "test" (seconds: the unit tests).
 """
@@ -51,6 +57,13 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
     c.cam_layer = "stride16"      # layer of the CAM-family methods and NormGrad
     c.num_explain = 48            # held-out positives explained (findings taken in turn)
     c.estimation_images = 256     # training images for methods that estimate statistics (IBA)
+    # ---- the real CheXphoto release (instead of phantoms) when data_dir is set
+    c.data_dir = ""               # the folder CheXphoto's Paths are relative to
+    c.chexpert_dir = ""           # the folder CheXpert's Paths are relative to (default data_dir)
+    c.photo_csv = "CheXphoto-v1.0/valid/valid.csv"      # relative to data_dir
+    c.original_csv = "CheXpert-v1.0/valid/valid.csv"    # relative to chexpert_dir
+    c.policy = "zeros"            # CheXpert uncertainty policy: ignore | zeros | ones
+    c.real_limit = 0              # pairs per subset (0: all)
     # ---- report
     c.n_boot = 2000
     c.grid_level = 3
