@@ -276,3 +276,20 @@ def test_save_grid_writes_a_readable_png(tmp_path):
     assert (plain[:S, :S, 0] == plain[:S, :S, 1]).all()
     with pytest.raises(ValueError, match="ncols"):
         phantoms.save_grid(b, tmp_path / "x.png", ncols=0)
+
+
+def test_airway_and_cardiomediastinum_concepts(batch):
+    """The two concepts the CXR dissection work names: the trachea (a narrow vertical column
+    above the carina) and the cardiomediastinum (heart or mediastinum)."""
+    c = batch.concepts
+    trachea = c[:, CONCEPTS.index("trachea")]
+    assert trachea.any(axis=(1, 2)).all()
+    np.testing.assert_array_equal(c[:, CONCEPTS.index("cardiomediastinum")],
+                                  c[:, CONCEPTS.index("heart")] | c[:, CONCEPTS.index("mediastinum")])
+    rows, cols = trachea.any(axis=2), trachea.any(axis=1)
+    assert np.all(cols.sum(1) <= 0.12 * S)            # narrow (0.06 of the width, + pose)
+    assert np.all(rows.sum(1) >= 0.2 * S)             # and tall
+    assert not (trachea & c[:, CONCEPTS.index("heart")]).any()
+    # it runs down the middle of the mediastinum (above it only in the neck)
+    med = c[:, CONCEPTS.index("mediastinum")]
+    assert np.median((trachea & med).sum((1, 2)) / trachea.sum((1, 2))) > 0.8

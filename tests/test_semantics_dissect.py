@@ -255,7 +255,7 @@ def test_model_dissection_matches_numpy_and_sharded_run(tiny):
     raw = np.sort(acts.reshape(-1, 16).astype(np.float64), axis=0)
     j = int(np.floor(0.95 * (len(raw) - 1)))
     assert np.all(np.abs(d.thresholds - raw[j]) <= d.threshold_errors + 1e-5 * np.abs(raw[j]))
-    assert d.layer == layer and d.labels.min() >= -1 and d.labels.max() < 13
+    assert d.layer == layer and d.labels.min() >= -1 and d.labels.max() < len(ph.concept_names)
     mesh = Mesh(np.asarray(jax.devices()), ("data",))
     sharded = dissect(model, variables, [ph], layer=layer, quantile=0.05, resolution=r,
                       mesh=mesh)  # a PhantomBatch is accepted as the data
@@ -292,7 +292,7 @@ def test_baselines(tiny):
     assert not np.allclose(rand.thresholds, real.thresholds)
     for name, d in (("real", real), ("random_weights", rand), ("shuffled_masks", moved)):
         above = out.units_above[name]
-        assert above.shape == (13,) and above.dtype == np.int64
+        assert above.shape == (len(phantoms.CONCEPTS),) and above.dtype == np.int64
         np.testing.assert_array_equal(above, (d.iou > 0.04).sum(0))
     # re-initialisation touches the stages up to the layer only
     mixed = reinitialize(model, variables, "layer3", jax.random.key(3), ph.images[:1],

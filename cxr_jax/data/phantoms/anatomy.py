@@ -76,6 +76,7 @@ class Anatomy:
     diaph_bin: np.ndarray
     body: np.ndarray                     # soft body layer (v2 texture draws on it)
     lung: np.ndarray                     # soft lungs, heart and mediastinum cut out
+    trachea_bin: np.ndarray              # the airway (trachea) down to the carina
 
     def concept_masks(self) -> tuple[np.ndarray, ...]:
         """The anatomical concept masks in CONCEPTS order (left_lung ... diaphragm)."""
@@ -161,13 +162,14 @@ def render(d: _Draws, fr: Frame, pt: Patient, style: str = "v1",
                                                             style)
     bone *= body
     img = _soft_tissue(fr, pt, body, heart, heart_sd, med, abd)
-    _air(fr, pt, img, lung, body, trachea_air=0.12 if style == "v1" else 0.22)
+    trachea_bin = _air(fr, pt, img, lung, body, trachea_air=0.12 if style == "v1" else 0.22)
     img += bone
     return Anatomy(img=img, marks=_markings(d, fr, pt, lung), lung_bins=lung_bins,
                    lung_dist=lung_dist, lung_any=lung_bins[-1] | lung_bins[+1],
                    heart_bin=heart_bin, med_bin=med_bin, spine_bin=spine_bin,
                    ribs_bin=ribs_bin & body_bin, clav_bin=clav_bin & body_bin,
-                   diaph_bin=diaph_bin & body_bin, body=body, lung=lung)
+                   diaph_bin=diaph_bin & body_bin, body=body, lung=lung,
+                   trachea_bin=trachea_bin)
 
 
 def _body(fr: Frame, pt: Patient):
@@ -348,13 +350,15 @@ def _soft_tissue(fr: Frame, pt: Patient, body, heart, heart_sd, med, abd) -> np.
     return img
 
 
-def _air(fr: Frame, pt: Patient, img, lung, body, trachea_air: float = 0.12) -> None:
-    """Subtracts the air of the lungs (denser at the bases), trachea and gastric bubble."""
+def _air(fr: Frame, pt: Patient, img, lung, body, trachea_air: float = 0.12) -> np.ndarray:
+    """Subtracts the air of the lungs (denser at the bases), trachea and gastric bubble;
+    returns the trachea's mask (the airway concept)."""
     air = lung * _b(pt.t_air)
     air *= 1.05 - 0.12 * (fr.Y + 0.7)                # bases a little denser (breast shadows)
     img -= air
     del air
     trachea = np.minimum(0.03 - np.abs(fr.X - _b(pt.med_x)), _b(pt.hy - pt.v_ext) - 0.05 - fr.Y)
+    trachea_bin = (trachea > 0) & (body > 0)
     img -= trachea_air * _soft(trachea, fr.edge) * body
     fL = pt.lungs[+1]
     gb = (fr.X - 0.33) * (1 / 0.09)
@@ -362,6 +366,7 @@ def _air(fr: Frame, pt: Patient, img, lung, body, trachea_air: float = 0.12) -> 
     t = (fr.Y - _b(fL["yd"] - fL["dh"] + 0.12)) * (1 / 0.055)
     gb += t * t
     img -= _b(0.16 * pt.bubble) * _soft(1.0 - gb, 0.3)
+    return trachea_bin
 
 
 def _markings(d: _Draws, fr: Frame, pt: Patient, lung) -> np.ndarray:

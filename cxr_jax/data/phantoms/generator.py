@@ -67,6 +67,8 @@ def _render(seed: int, out: PhantomBatch, lo: int, hi: int, prev: np.ndarray,
         concepts[:, j] = m
     for name, m in zip(tubes.NAMES, lines):
         concepts[:, CONCEPTS.index(name)] = m
+    concepts[:, CONCEPTS.index("trachea")] = an.trachea_bin
+    np.logical_or(an.heart_bin, an.med_bin, out=concepts[:, CONCEPTS.index("cardiomediastinum")])
     np.any(masks[:, _OPACITY_SOURCES], axis=1, out=concepts[:, CONCEPTS.index("opacity")])
     out.severity[lo:hi] = severity
     out.shortcut_mask[lo:hi] = shortcut_bin

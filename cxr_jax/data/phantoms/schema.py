@@ -17,7 +17,8 @@ FINDINGS: tuple[str, ...] = (
 )
 CONCEPTS: tuple[str, ...] = (
     "left_lung", "right_lung", "heart", "mediastinum", "spine", "ribs", "clavicles", "diaphragm",
-    "foreign_object", "opacity", "et_tube", "central_line", "ng_tube",
+    "foreign_object", "opacity", "et_tube", "central_line", "ng_tube", "trachea",
+    "cardiomediastinum",
 )
 # BrixIA zones: A-C the patient's right lung (image left), D-F the left lung; upper, middle, lower.
 ZONES: tuple[str, ...] = ("A", "B", "C", "D", "E", "F")
