@@ -1,4 +1,5 @@
-"""The semantic attribution figure: one image, its top units' masks, its concept bars.
+"""The semantics figures: the semantic attribution of one image (its top units' masks, its
+concept bars), and the units-per-concept bars of the semantics study (`save_unit_bars`).
 
 Left, the image with the masks of the units that carry the most attribution, each a filled,
 translucent colour with a contour of the same colour: M_k = Up(A_k) > T_k, the unit's
@@ -10,13 +11,14 @@ and one for "unlabelled" (red positive, blue negative), with its value printed b
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cxr_jax.report.figures import save  # noqa: E402
 
@@ -158,3 +160,36 @@ def save_semantic_attribution(path: str, image: np.ndarray, concept_vector: np.n
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save(fig, path, dpi=dpi)
+
+
+def save_unit_bars(path: str, results: Mapping, layer: str, models: Sequence[str], concepts,
+                   titles: Mapping[str, str]) -> str:
+    """Grouped bars: units labelled per concept, one bar per model; black tick: the same model
+    with re-initialised weights, grey tick: shuffled masks. Concepts no model or baseline has
+    a unit for are left out (the tables list them). `results` is the semantics study's
+    (`cxr_jax.semantics.study`), `titles` the legend name of each model."""
+    def total(c):
+        per = [results["dissection"][m][layer] for m in models]
+        return sum(d["labelled"].get(c, 0) + d["baseline"]["random_weights"]["labelled"].get(c, 0)
+                   + d["baseline"]["shuffled_masks"]["labelled"].get(c, 0) for d in per)
+
+    concepts = [c for c in concepts if total(c)] or list(concepts)  # concepts with a unit
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.0 + 0.18 * len(concepts) * len(models)), 3.8))
+    width = 0.8 / max(1, len(models))
+    x = np.arange(len(concepts))
+    for j, m in enumerate(models):
+        d = results["dissection"][m][layer]
+        pos = x - 0.4 + width * (j + 0.5)
+        ax.bar(pos, [d["labelled"].get(c, 0) for c in concepts], width, label=titles.get(m, m))
+        for w, colour in (("random_weights", "black"), ("shuffled_masks", "grey")):
+            vals = [d["baseline"][w]["labelled"].get(c, 0) for c in concepts]
+            ax.hlines(vals, pos - width / 2, pos + width / 2, colors=colour, lw=1.5)
+    ax.set_xticks(x, concepts, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("units labelled")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"Units per concept at {layer} (ticks: black random weights, grey shuffled "
+                 f"masks)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", color="#ddd", lw=0.6)
+    fig.tight_layout()
+    return save(fig, path)

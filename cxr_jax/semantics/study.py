@@ -68,10 +68,6 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import flax  # noqa: E402
@@ -85,7 +81,7 @@ from cxr_jax.data.loader import ArraySource, make_loader  # noqa: E402
 from cxr_jax.report import figures, tables, write_index  # noqa: E402
 from cxr_jax.report.html import caption, collapsed, image  # noqa: E402
 from cxr_jax.report.semantics import (SEMANTIC_CAPTION, save_semantic_attribution,  # noqa: E402
-                                      unit_masks_at)
+                                      save_unit_bars, unit_masks_at)
 from cxr_jax.semantics.attribution import explain_concepts  # noqa: E402
 from cxr_jax.semantics.dissection import dissect_baseline  # noqa: E402
 from cxr_jax.training.loop import build_model  # noqa: E402
@@ -591,37 +587,6 @@ def answers(results: dict) -> list[str]:
 
 
 # =========================================================================== report
-def _bars(path: str, results: dict, layer: str, models: Sequence[str], concepts) -> str:
-    """Grouped bars: units labelled per concept, one bar per model; black tick: the same model
-    with re-initialised weights, grey tick: shuffled masks. Concepts no model or baseline has
-    a unit for are left out (the tables list them)."""
-    def total(c):
-        per = [results["dissection"][m][layer] for m in models]
-        return sum(d["labelled"].get(c, 0) + d["baseline"]["random_weights"]["labelled"].get(c, 0)
-                   + d["baseline"]["shuffled_masks"]["labelled"].get(c, 0) for d in per)
-
-    concepts = [c for c in concepts if total(c)] or list(concepts)  # concepts with a unit
-    fig, ax = plt.subplots(figsize=(max(6.0, 2.0 + 0.18 * len(concepts) * len(models)), 3.8))
-    width = 0.8 / max(1, len(models))
-    x = np.arange(len(concepts))
-    for j, m in enumerate(models):
-        d = results["dissection"][m][layer]
-        pos = x - 0.4 + width * (j + 0.5)
-        ax.bar(pos, [d["labelled"].get(c, 0) for c in concepts], width, label=MODELS[m])
-        for w, colour in (("random_weights", "black"), ("shuffled_masks", "grey")):
-            vals = [d["baseline"][w]["labelled"].get(c, 0) for c in concepts]
-            ax.hlines(vals, pos - width / 2, pos + width / 2, colors=colour, lw=1.5)
-    ax.set_xticks(x, concepts, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("units labelled")
-    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_title(f"Units per concept at {layer} (ticks: black random weights, grey shuffled "
-                 f"masks)", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(axis="y", color="#ddd", lw=0.6)
-    fig.tight_layout()
-    return figures.save(fig, path)
-
-
 def _unit_rows(results, layer, models, concepts, kind="labelled") -> list[dict]:
     rows = []
     for m in models:
@@ -660,7 +625,7 @@ def _report(workdir: str, config, results: dict) -> None:
         layers = list(results["dissection"][models[0]])
         for layer in layers:
             rel = os.path.join("figures", f"units_{layer}.png")
-            _bars(os.path.join(workdir, rel), results, layer, models, concepts)
+            save_unit_bars(os.path.join(workdir, rel), results, layer, models, concepts, MODELS)
             rows = _unit_rows(results, layer, models, concepts)
             tables.write(os.path.join(workdir, f"units_{layer}"), rows,
                          title=f"Units labelled per concept at {layer}")
