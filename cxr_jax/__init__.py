@@ -26,6 +26,9 @@ The map (each package's own docstring lists its modules):
            semantics   semantics/   network dissection (streaming, sharded, with chance
                                     baselines), semantic attribution, concept masks from
                                     real datasets
+           generative  generative/  a GAN with anatomy and pathology latents (models,
+                                    resumable training), inversion, latent interpolation
+                                    and latent integrated gradients
   Layer 4, studies     quickstart, paper, benchmark (+ benchmark_explain, _metrics,
                        _dissect), semantics.study, photos/ (models and their maps on
                        CheXphoto-style photos), evaluation.evaluate_checkpoint,
