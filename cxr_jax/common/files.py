@@ -47,3 +47,22 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
         return default
     with open(path) as f:
         return json.load(f)
+
+
+def write_npz(path: str | os.PathLike, arrays: dict) -> None:
+    """Writes a dict of arrays as an .npz file atomically (`np.savez` through a file object, so
+    numpy adds no suffix to the temporary name)."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def read_npz(path: str | os.PathLike) -> dict | None:
+    """The arrays of an .npz file as a dict (loaded into memory), or None when it is absent."""
+    import numpy as np
+
+    if not os.path.exists(path):
+        return None
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}

@@ -42,6 +42,28 @@ def default_methods(*, fast: bool = False, regression: bool = False,
     return out
 
 
+def named_specs(names: Sequence[str], *, fast: bool = True, cam_layer: str | None = None
+                ) -> dict[str, tuple[str, dict[str, Any]]]:
+    """{name: (name, hparams)} for the named methods with the registry's settings (the fast
+    ones by default); methods that explain the model's "explain" layer (the CAM family,
+    Score-CAM, NormGrad) take `cam_layer` when it is given.
+
+    Raises:
+      ValueError: an unregistered name (the message lists the registered ones).
+    """
+    out = {}
+    for name in names:
+        if name not in attribution.names():
+            raise ValueError(f"Unknown attribution method {name!r}; known: "
+                             f"{', '.join(attribution.names())}.")
+        info = attribution.info(name)
+        hp = dict(info.settings(fast=fast))
+        if cam_layer and info.layer == "explain":
+            hp["layer"] = cam_layer
+        out[name] = (name, hp)
+    return out
+
+
 def select(specs: Mapping[str, Any], wanted: str | Sequence[str]) -> dict[str, Any]:
     """The specs named in `wanted` ("all", or names / a comma-separated string), in its order.
 

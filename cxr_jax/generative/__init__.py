@@ -5,6 +5,10 @@
   train    hinge + classifier-guidance losses, the jitted train step (D then G, EMA of G),
            train_gan (resumable, data parallel, checkpointed, sample grids), load_generator
   explain  inversion, negative twins, latent interpolation and latent integrated gradients
+  study    the phantom study (`study.run`): classifier, GAN, inversion, the GAN's maps scored
+           against exact masks beside Grad-CAM / IG / Multi-layer IBA, anatomy kept,
+           disentanglement, response monotonicity, Frechet distance; report in
+           `cxr_jax.report.gan` (matplotlib loads only when the report is written)
 """
 
 from cxr_jax.generative.models import (IMAGE_SIZES, Discriminator, Generator, Latents,
@@ -19,6 +23,7 @@ from cxr_jax.generative.train import (GANState, build_models, check_images, clas
 from cxr_jax.generative.explain import (History, Inversion, as_attribution, difference_map,
                                         interpolate, invert, latent_integrated_gradients,
                                         response_curve)
+from cxr_jax.generative.study import frechet_distance, monotonicity
 
 __all__ = ["Discriminator", "GANState", "Generator", "IMAGE_SIZES", "Latents", "build_models",
            "check_image_size", "check_images", "classifier_logit", "default_config",
@@ -27,4 +32,4 @@ __all__ = ["Discriminator", "GANState", "Generator", "IMAGE_SIZES", "Latents", "
            "make_optimizers", "make_train_step", "sample_latent_grid", "sample_latents",
            "to_hu", "to_unit", "train_gan", "History", "Inversion", "as_attribution",
            "difference_map", "interpolate", "invert", "latent_integrated_gradients",
-           "response_curve"]
+           "response_curve", "frechet_distance", "monotonicity"]

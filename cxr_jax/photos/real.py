@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cxr_jax import metrics, models as model_registry
+from cxr_jax.common.files import write_npz
 from cxr_jax.data.records import pair_with_originals, read_chexpert, read_chexphoto
 from cxr_jax.explain.inputs import Skip, load_input
 
@@ -146,9 +147,7 @@ def run_real(config, workdir: str) -> dict:
                 s_photo = _scores(fn, variables, np.stack(xs), config.eval_batch_size)[:, idx]
                 s_orig = _scores(fn, variables, np.stack(xo), config.eval_batch_size)[:, idx]
                 labels = np.array([[p.labels[t] for t in tasks] for p in keep], np.float64)
-                tmp = path + ".tmp.npz"
-                np.savez(tmp, photo=s_photo, original=s_orig, labels=labels)
-                os.replace(tmp, path)
+                write_npz(path, {"photo": s_photo, "original": s_orig, "labels": labels})
             out["classification"][name][subset] = _compare(s_orig, s_photo, labels, tasks,
                                                            config)
     return out

@@ -62,10 +62,11 @@ import numpy as np
 from absl import logging
 
 from cxr_jax import attribution, metrics, models as model_registry, runtime, training
-from cxr_jax.common.files import read_json, write_json
+from cxr_jax.common.files import atomic_path, read_json, read_npz, write_json, write_npz
 from cxr_jax.data import datasets, phantoms
 from cxr_jax.data.photo import batched
 from cxr_jax.data.photo._common import LEVELS
+from cxr_jax.evaluation.methods import named_specs
 
 __all__ = ["PHASES", "conditions", "condition_key", "run"]
 
@@ -268,17 +269,10 @@ def _explanation_scores(orig: dict, maps: dict, masks: np.ndarray, matrices) -> 
     return out
 
 
-def _save_npz(path: str, arrays: dict) -> None:
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def _load_npz(path: str) -> dict | None:
-    if not os.path.exists(path):
-        return None
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files}
+def _save_scores(path: str, scores: np.ndarray) -> None:
+    """One condition's scores as .npy, atomically (a killed run leaves no half file)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, scores)
 
 
 # =========================================================================== aggregation
@@ -294,14 +288,14 @@ def _aggregate(config, cond_keys, model_names, findings, labels, explained, work
         thresholds[m] = thr
         a0 = metrics.auroc(s0, labels)
         cls[m] = {ORIGINAL: _classification(s0, s0, labels, thr, findings, boot, a0)}
-        orig_maps = _load_npz(os.path.join(workdir, "maps", m, f"{ORIGINAL}.npz"))
+        orig_maps = read_npz(os.path.join(workdir, "maps", m, f"{ORIGINAL}.npz"))
         pg0[m] = {k: float(np.nanmean(orig_maps[f"pg_{k}"])) for k in method_names}
         expl[m] = {}
         before = s0[idx, tgt] >= thr[tgt]
         for key in cond_keys:
             sc = np.load(os.path.join(workdir, "scores", m, f"{key}.npy"))
             cls[m][key] = _classification(s0, sc, labels, thr, findings, boot, a0)
-            e = _load_npz(os.path.join(workdir, "maps", m, f"{key}.npz"))
+            e = read_npz(os.path.join(workdir, "maps", m, f"{key}.npz"))
             same = (sc[idx, tgt] >= thr[tgt]) == before
             expl[m][key] = {k: _explanation_summary(e, k, same) for k in method_names}
     return {"classification": cls, "explanation": expl, "thresholds": thresholds,
@@ -404,13 +398,7 @@ def _check(config) -> None:
 
 
 def _method_specs(config) -> dict:
-    specs = {}
-    for name in config.methods:
-        hp = dict(attribution.info(name).settings(fast=True))
-        if attribution.info(name).layer == "explain" and config.cam_layer:
-            hp["layer"] = config.cam_layer
-        specs[name] = (name, hp)
-    return specs
+    return named_specs(config.methods, cam_layer=config.cam_layer or None)
 
 
 def _run_real(config, workdir: str, start: float) -> dict:
@@ -498,18 +486,18 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
             mark = time.perf_counter()
             scorers[m].scores(unit[: config.eval_batch_size])        # compiles
             warm = time.perf_counter()
-            np.save(s_path, scorers[m].scores(unit))
+            _save_scores(s_path, scorers[m].scores(unit))
             done = time.perf_counter()
             costs["forward_ms_per_image"][m] = 1000 * (done - warm) / len(unit)
             seconds["scoring"] += done - mark
-        saved = _load_npz(m_path)
+        saved = read_npz(m_path)
         if saved is None:
             mark = time.perf_counter()
             maps = scorers[m].maps(unit[idx], tgt)
             saved = {f"map_{k}": v for k, v in maps.items()}
             saved.update({f"pg_{k}": np.asarray(metrics.pointing_game(v, masks), np.float64)
                           for k, v in maps.items()})
-            _save_npz(m_path, saved)
+            write_npz(m_path, saved)
             seconds["explanation"] += time.perf_counter() - mark
         orig_maps[m] = {k: saved[f"map_{k}"] for k in config.methods}
 
@@ -527,12 +515,13 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
         seconds["photos"] += dt
         costs["photo_ms_per_image"][key] = ms
         if level == config.grid_level or name == "jpeg":
-            _save_npz(os.path.join(workdir, "grid", f"{key}.npz"),
+            write_npz(os.path.join(workdir, "grid", f"{key}.npz"),
                       {"photo": photos[idx[:1]], **({"matrix": matrices[idx[:1]]}
                                                      if matrices is not None else {})})
         for m in todo:
             mark = time.perf_counter()
-            np.save(os.path.join(workdir, "scores", m, f"{key}.npy"), scorers[m].scores(photos))
+            _save_scores(os.path.join(workdir, "scores", m, f"{key}.npy"),
+                         scorers[m].scores(photos))
             seconds["scoring"] += time.perf_counter() - mark
             mark = time.perf_counter()
             maps = scorers[m].maps(photos[idx], tgt)
@@ -540,7 +529,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
                                          None if matrices is None else matrices[idx])
             if m == names[0] and (level == config.grid_level or name == "jpeg"):
                 scores.update({f"map_{k}": v[:1] for k, v in maps.items()})
-            _save_npz(os.path.join(workdir, "maps", m, f"{key}.npz"), scores)
+            write_npz(os.path.join(workdir, "maps", m, f"{key}.npz"), scores)
             seconds["explanation"] += time.perf_counter() - mark
         logging.info("photos: %s done (%.1f s)", key, time.perf_counter() - mark + dt)
         if runtime.is_writer():
