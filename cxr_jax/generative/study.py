@@ -200,6 +200,17 @@ def _train_config(config) -> ml_collections.ConfigDict:
 
 
 # =========================================================================== files
+def _json_phase(path: str, compute, fresh: bool, name: str, run_info: dict) -> dict:
+    """A phase whose result is one JSON file: read back when present and nothing upstream was
+    trained in this call (`fresh`), else computed and stored; `run_info` records which."""
+    saved = None if fresh else read_json(path)
+    if saved is not None:
+        run_info["skipped"].append(name)
+        return saved
+    run_info["computed"].append(name)
+    return _store(path, compute())
+
+
 def _store(path: str, obj: dict) -> dict:
     """Writes `obj` as JSON and returns it as read back, so a first run and a rerun hand the
     report the very same values."""
@@ -575,6 +586,8 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
                       "history": gan_res["history"], "workdir": gan_dir}
     seconds["gan"] = time.perf_counter() - mark
 
+    # Everything below depends on the classifier and the GAN: recomputed when either trained.
+    fresh = bool(run_info["trained"])
     fns = _Fns(model, generator, k, config)
     cv = variables
     # The classifier's summary is measured once per trained (or given) classifier and kept,
@@ -604,7 +617,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     # ---- inversion
     mark = time.perf_counter()
     inv_path = os.path.join(workdir, "inversion.npz")
-    inv = read_npz(inv_path)
+    inv = None if fresh else read_npz(inv_path)
     if inv is None or not np.array_equal(inv.get("indices", []), idx):
         inv = _invert(fns, gv, cv, x_hu / XRV_SCALE, config)
         inv["indices"] = idx
@@ -620,7 +633,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     # ---- explanation
     mark = time.perf_counter()
     ex_json, ex_npz = (os.path.join(workdir, f"explanation.{e}") for e in ("json", "npz"))
-    expl = read_json(ex_json)
+    expl = None if fresh or "inversion" in run_info["computed"] else read_json(ex_json)
     if expl is None or not os.path.exists(ex_npz):
         estimation = lambda: train_images["image"][: int(config.estimation_images)]  # noqa
         scores, arrays = _explain(fns, gv, cv, model, variables, inv, x_hu, masks, config,
@@ -637,14 +650,10 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
 
     # ---- disentanglement
     mark = time.perf_counter()
-    dis_path = os.path.join(workdir, "disentanglement.json")
-    dis = read_json(dis_path)
-    if dis is None:
-        dis = _store(dis_path, _disentangle(fns, gv, cv, config, generator.z_anatomy,
-                                            generator.z_pathology))
-        run_info["computed"].append("disentanglement")
-    else:
-        run_info["skipped"].append("disentanglement")
+    dis = _json_phase(os.path.join(workdir, "disentanglement.json"),
+                      lambda: _disentangle(fns, gv, cv, config, generator.z_anatomy,
+                                           generator.z_pathology),
+                      fresh, "disentanglement", run_info)
     seconds["disentanglement"] = time.perf_counter() - mark
     results["disentanglement"] = dis
     results.update(_summaries(expl, inv_summary, dis))
@@ -652,14 +661,10 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
 
     # ---- Frechet distance
     mark = time.perf_counter()
-    fd_path = os.path.join(workdir, "frechet.json")
-    fd = read_json(fd_path)
-    if fd is None:
-        fd = _store(fd_path, _frechet(fns, gv, cv, config, positive_share, generator.z_anatomy,
-                                      generator.z_pathology))
-        run_info["computed"].append("frechet")
-    else:
-        run_info["skipped"].append("frechet")
+    fd = _json_phase(os.path.join(workdir, "frechet.json"),
+                     lambda: _frechet(fns, gv, cv, config, positive_share, generator.z_anatomy,
+                                      generator.z_pathology),
+                     fresh, "frechet", run_info)
     seconds["frechet"] = time.perf_counter() - mark
     results["frechet"] = fd
     results["answers"] = answers(results)

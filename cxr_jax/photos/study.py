@@ -28,7 +28,8 @@ on device for a whole batch at once, and shared by all models.
                   mean AUROC drop the augmented one keeps away.
 
 Everything is written as it is computed and a rerun resumes: trained models are reloaded from
-their checkpoints (a killed training resumes), and each (model, condition) writes its scores to
+their checkpoints (a killed training resumes; a model that trains further in a call has its
+earlier condition files removed), and each (model, condition) writes its scores to
 `scores/<model>/<condition>.npy` and its explanation scores to `maps/<model>/<condition>.npz`;
 a condition every model has finished is neither transformed nor scored again. results.json,
 the tables and index.html are rebuilt from those files at the end of every run.
@@ -52,6 +53,7 @@ results.json:
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from typing import Any, Sequence
 
@@ -471,8 +473,11 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     seconds["training"] = time.perf_counter() - mark
     names = [s["name"] for s in specs]
     for m in names:
-        os.makedirs(os.path.join(workdir, "scores", m), exist_ok=True)
-        os.makedirs(os.path.join(workdir, "maps", m), exist_ok=True)
+        for sub in ("scores", "maps"):
+            folder = os.path.join(workdir, sub, m)
+            if m in run_info["trained"] and os.path.isdir(folder):
+                shutil.rmtree(folder)      # scored by an earlier state of the model
+            os.makedirs(folder, exist_ok=True)
     os.makedirs(os.path.join(workdir, "grid"), exist_ok=True)
 
     # ---- originals: scores and maps

@@ -71,14 +71,14 @@ def save_matrix(matrix: np.ndarray, names: Sequence[str], path: str, *, title: s
 
 def save_heatmap(values: np.ndarray, row_names: Sequence[str], col_names: Sequence[str],
                  path: str, *, title: str = "", vmin: float = 0.0, vmax: float = 1.0,
-                 cmap: str = "viridis") -> str:
+                 cmap: str = "viridis", rotation: float = 0) -> str:
     """A [rows, columns] colour heatmap (viridis, or `cmap`: e.g. "RdBu" with vmin = -vmax for
     signed changes) with each value printed in its cell to 2 decimals; NaN cells grey with
     "n/a". Rows are drawn in the order given."""
     values = np.asarray(values, float).reshape(len(row_names), len(col_names))
     fig, ax = plt.subplots(figsize=(3 + 0.95 * len(col_names), 1.2 + 0.36 * len(row_names)))
     _grid(ax, values, row_names, col_names, cmap=cmap, vmin=vmin, vmax=vmax,
-          aspect="auto", rotation=0, text_size=9)
+          aspect="auto", rotation=rotation, text_size=9)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return save(fig, path)

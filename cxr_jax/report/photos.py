@@ -94,12 +94,8 @@ def stability_heatmap(path: str, model: str, by: Mapping, conditions, key: str,
         for i, v in enumerate(vals):
             v = np.asarray(v, float)
             m[i, j] = np.nanmean(v) if np.isfinite(v).any() else np.nan
-    fig, ax = plt.subplots(figsize=(2.5 + 0.75 * len(rows), 1.4 + 0.45 * len(methods)))
-    figures._grid(ax, m, methods, rows, cmap="viridis", vmin=0.0 if key != "spearman" else -0.2,
-                  vmax=1.0, aspect="auto", rotation=45, text_size=7)
-    ax.set_title(f"{model}: {title}", fontsize=10)
-    fig.tight_layout()
-    return figures.save(fig, path)
+    return figures.save_heatmap(m, methods, rows, path, title=f"{model}: {title}",
+                                vmin=0.0 if key != "spearman" else -0.2, vmax=1.0, rotation=45)
 
 
 def transform_grid(path: str, workdir: str, model: str, methods, conditions, grid_level: int,
