@@ -126,3 +126,29 @@ def test_spectral_norm_converges_to_the_top_singular_value():
     out = jax.jit(D.apply)(v, x)
     np.testing.assert_allclose(jax.jit(D.apply)(dict(v, params=scaled), x), out, rtol=1e-4,
                                atol=1e-5)
+
+
+def test_projection_discriminator_adds_the_class_term_to_the_unconditional_logit():
+    """D(x, y) = unconditional(x) + <e_y, h(x)>: with the class embedding zeroed it equals the
+    unconditional D with the same weights; with it, the label moves the logit; no labels is an
+    error."""
+    D = gen.Discriminator(64, width=WIDTH, conditional=True)
+    U = gen.Discriminator(64, width=WIDTH)
+    d_vars = gen.init_discriminator(D, jax.random.PRNGKey(3))
+    u_vars = gen.init_discriminator(U, jax.random.PRNGKey(3))
+    assert set(d_vars["params"]) == set(u_vars["params"]) | {"class_embed"}
+    x = jax.random.uniform(jax.random.PRNGKey(4), (4, 64, 64, 1), minval=-1, maxval=1)
+    ones, zeros = jnp.ones(4, jnp.int32), jnp.zeros(4, jnp.int32)
+    shared = {"params": {k: v for k, v in d_vars["params"].items() if k != "class_embed"},
+              SPECTRAL: {k: v for k, v in d_vars[SPECTRAL].items() if k != "class_embed"}}
+    zeroed = jax.tree_util.tree_map(jnp.zeros_like, d_vars["params"]["class_embed"])
+    z_vars = {"params": {**d_vars["params"], "class_embed": zeroed}, SPECTRAL: d_vars[SPECTRAL]}
+    np.testing.assert_allclose(D.apply(z_vars, x, ones), U.apply(shared, x), rtol=1e-5,
+                               atol=1e-6)
+    l1, l0 = D.apply(d_vars, x, ones), D.apply(d_vars, x, zeros)
+    assert np.all(np.abs(np.asarray(l1 - l0)) > 1e-6)
+    mixed = D.apply(d_vars, x, jnp.array([1, 0, 1, 0]))
+    np.testing.assert_allclose(mixed, jnp.where(jnp.array([1, 0, 1, 0]) == 1, l1, l0),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"labels must be \[4\]"):
+        D.apply(d_vars, x)

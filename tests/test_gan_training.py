@@ -184,4 +184,12 @@ def test_bad_inputs_are_refused_with_clear_errors(tmp_path, images):
         train(_config(batch_size=7))
     with pytest.raises(ValueError, match="fewer than one batch"):
         train(imgs=images[:4])
+    with pytest.raises(ValueError, match="needs the real images' labels"):
+        train(_config(conditional=True))
+    with pytest.raises(ValueError, match=r"labels must be \[N\] = \[16\]"):
+        gen.train_gan(_config(conditional=True), str(tmp_path), MeanPixel(), {}, images,
+                      finding_names=NAMES, labels=np.zeros(15, bool), progress=False)
+    with pytest.raises(ValueError, match="0/1"):
+        gen.train_gan(_config(conditional=True), str(tmp_path), MeanPixel(), {}, images,
+                      finding_names=NAMES, labels=np.full(16, 2), progress=False)
     assert not os.path.exists(tmp_path / "checkpoints")

@@ -12,7 +12,8 @@ Architecture (the released COVID code's generator, made resolution-generic):
                -> (ConvTranspose 4x4 stride 2 -> BN, ReLU) x (log2(S / 4) - 1)
                -> ConvTranspose 4x4 stride 2 to 1 channel -> tanh          [B, S, S, 1] in [-1, 1]
 
-    images -> (Conv 4x4 stride 2 -> LeakyReLU 0.2) x log2(S / 4) -> Dense -> [B] logits
+    images -> (Conv 4x4 stride 2 -> LeakyReLU 0.2) x log2(S / 4) -> h -> Dense -> [B] logits
+              (+ <e_y, h> for a conditional D, y the image's class)
 
 with S in `IMAGE_SIZES` (64 or 128) and channel counts `width` x (8, 4, 2, 1) (capped at 8 x
 `width`) from coarse to fine, mirrored in D.
@@ -34,6 +35,13 @@ The stable recipe, and why:
 * An exponential moving average of G's weights (`train`, config `ema`) is what is sampled and
   saved for explanations: it averages out the oscillation of the adversarial game and gives
   visibly smoother, more stable samples for the same training.
+* Optionally (`conditional`, on in the study's configs) a projection discriminator that reads
+  each image's class: real images with their label, generated ones with the class z_p
+  implies. With the released code's unconditional D, only the frozen classifier says what a
+  positive is, and G can satisfy it with changes the classifier reacts to but a radiologist
+  would not see (our first quick run: p went 0 -> 1 along strips that barely changed). The
+  projection term makes a generated positive match the *real positives*, so the finding has
+  to look like the finding.
 * TTUR (D's learning rate above G's) with Adam(beta1 = 0, beta2 = 0.9): SAGAN's settings, one
   D step per G step.
 
@@ -127,15 +135,21 @@ class Generator(nn.Module):
 
 class Discriminator(nn.Module):
     """D(images [B, S, S, 1] in [-1, 1]) -> real/fake logits [B]; every layer spectrally
-    normalised.
+    normalised. With `conditional`, a projection discriminator (Miyato & Koyama 2018): D also
+    reads each image's class y (finding present or not) and adds <e_y, h(x)> to the logit,
+    where h(x) are its last features and e_y a learned (spectrally normalised) embedding, so
+    a generated positive must look like a real *positive*, not merely like a real image.
 
     Attributes:
       image_size: S, one of `IMAGE_SIZES`.
       width: channels of the first (finest) conv; later convs have 2x, 4x, 8x (at most).
       power_iterations: power-iteration steps per call for each layer's top singular value.
+      conditional: read `labels` (the projection term); False: an unconditional D.
 
     Call args:
       images: [B, S, S, 1].
+      labels: [B] bool or 0/1 (the finding present); required when `conditional`, ignored
+        otherwise.
       update_stats: store the refined singular vectors (pass `mutable=["spectral"]`); True in
         D's training step, False otherwise.
     """
@@ -143,13 +157,19 @@ class Discriminator(nn.Module):
     image_size: int = 64
     width: int = 64
     power_iterations: int = 1
+    conditional: bool = False
 
     @nn.compact
-    def __call__(self, images: Array, *, update_stats: bool = False) -> Array:
+    def __call__(self, images: Array, labels: Array | None = None, *,
+                 update_stats: bool = False) -> Array:
         size = check_image_size(self.image_size)
         if images.ndim != 4 or images.shape[1:] != (size, size, 1):
             raise ValueError(f"Discriminator: expected images [B, {size}, {size}, 1], got "
                              f"{tuple(images.shape)}.")
+        if self.conditional and (labels is None or labels.shape != images.shape[:1]):
+            got = None if labels is None else tuple(labels.shape)
+            raise ValueError(f"Conditional discriminator: labels must be [{images.shape[0]}] "
+                             f"(the finding present per image), got {got}.")
         sn = lambda layer: nn.SpectralNorm(layer, n_steps=self.power_iterations,
                                            collection_name=SPECTRAL)
         h = images.astype(jnp.float32)
@@ -158,7 +178,13 @@ class Discriminator(nn.Module):
                            name=f"conv{i}")
             h = nn.leaky_relu(sn(conv)(h, update_stats=update_stats), 0.2)
         h = h.reshape(h.shape[0], -1)
-        return sn(nn.Dense(1, name="logit"))(h, update_stats=update_stats)[:, 0]
+        logit = sn(nn.Dense(1, name="logit"))(h, update_stats=update_stats)[:, 0]
+        if not self.conditional:
+            return logit
+        onehot = jax.nn.one_hot(labels.astype(jnp.int32), 2, dtype=jnp.float32)
+        embed = sn(nn.Dense(h.shape[-1], use_bias=False, name="class_embed"))(
+            onehot, update_stats=update_stats)
+        return logit + jnp.sum(embed * h, axis=-1)
 
 
 class Latents(NamedTuple):
@@ -208,4 +234,5 @@ def _init_g(generator: Generator, key: Array) -> dict:
                    compiler_options={"xla_backend_optimization_level": 0})
 def _init_d(discriminator: Discriminator, key: Array) -> dict:
     s = check_image_size(discriminator.image_size)
-    return discriminator.init(key, jnp.zeros((1, s, s, 1), jnp.float32), update_stats=False)
+    return discriminator.init(key, jnp.zeros((1, s, s, 1), jnp.float32),
+                              jnp.zeros((1,), jnp.int32), update_stats=False)

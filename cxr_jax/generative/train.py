@@ -2,8 +2,8 @@
 
 One training step (`make_train_step`) updates D, then G, on one batch of real images:
 
-    D:  L_D = mean relu(1 - D(x)) + mean relu(1 + D(G(z)))                     (hinge)
-    G:  L_G = -mean D(G(z)) + guidance_weight * BCE(sigmoid(f_k(G(z))), y(z_p))
+    D:  L_D = mean relu(1 - D(x, y_x)) + mean relu(1 + D(G(z), y(z_p)))        (hinge)
+    G:  L_G = -mean D(G(z), y(z_p)) + guidance_weight * BCE(sigmoid(f_k(G(z))), y(z_p))
 
 where f_k is the frozen classifier's logit for the chosen finding k, evaluated on the generated
 image mapped back to the classifier's [-1024, 1024] scale, and y(z_p) = 1 when z_p != 0
@@ -11,7 +11,9 @@ image mapped back to the classifier's [-1024, 1024] scale, and y(z_p) = 1 when z
 The sigmoid is applied once, inside a numerically stable BCE on the logit
 (`optax.sigmoid_binary_cross_entropy`); the released medXGAN code applied a softmax to the
 classifier's output and then a cross-entropy that applies another one, which flattens the
-guidance signal. Then G's exponential moving average is updated:
+guidance signal. With `conditional` D is a projection discriminator that reads the class:
+y_x is the real image's label for finding k, y(z_p) the class z_p implies (an unconditional D
+ignores both). Then G's exponential moving average is updated:
 ema <- d * ema + (1 - d) * new G weights, d = config.ema.
 
 `train_gan` runs the step until `config.steps` with Adam (separate learning rates for G and D),
@@ -28,6 +30,8 @@ The config (an `ml_collections.ConfigDict`; `default_config()` has every key wit
   z_pathology       size of the pathology latent (10); z_pathology = 0 is a negative.
   finding           name of the classifier output that guides G (one of `finding_names`).
   guidance_weight   weight of the classifier term in G's loss (2.0, as in medXGAN).
+  conditional       a projection discriminator that reads each image's class (False: the
+                    released code's unconditional D). Needs the real images' labels.
   batch_size        global batch (even: half negatives, half positives; divisible by the
                     number of devices).
   steps             number of training steps (each one D and one G update).
@@ -93,6 +97,7 @@ def default_config():
 
     return ml_collections.ConfigDict(dict(
         image_size=64, z_anatomy=100, z_pathology=10, finding="opacity", guidance_weight=2.0,
+        conditional=False,
         batch_size=64, steps=20_000, lr_g=1e-4, lr_d=4e-4, beta1=0.0, beta2=0.9, ema=0.999,
         checkpoint_every=1000, sample_every=1000, seed=0, g_width=64, d_width=64,
         classifier_image_size=0, sample_rows=4, sample_columns=3))
@@ -103,7 +108,8 @@ def build_models(config) -> tuple[Generator, Discriminator]:
     size = check_image_size(config.image_size)
     return (Generator(size, int(config.z_anatomy), int(config.z_pathology),
                       width=int(config.get("g_width", 64))),
-            Discriminator(size, width=int(config.get("d_width", 64))))
+            Discriminator(size, width=int(config.get("d_width", 64)),
+                          conditional=bool(config.get("conditional", False))))
 
 
 def make_optimizers(config) -> tuple[optax.GradientTransformation,
@@ -157,7 +163,8 @@ def _init(generator: Generator, discriminator: Discriminator, tx_g, tx_d, key: A
     zp = jnp.zeros((1, generator.z_pathology), jnp.float32)
     g = generator.init(kg, za, zp, train=False)
     s = discriminator.image_size
-    d = discriminator.init(kd, jnp.zeros((1, s, s, 1), jnp.float32), update_stats=False)
+    d = discriminator.init(kd, jnp.zeros((1, s, s, 1), jnp.float32), jnp.zeros((1,), jnp.int32),
+                           update_stats=False)
     return GANState(step=jnp.zeros((), jnp.int32), g_params=g["params"],
                     g_stats=g["batch_stats"], ema_params=g["params"], d_params=d["params"],
                     d_spectral=d[SPECTRAL], opt_g=tx_g.init(g["params"]),
@@ -256,7 +263,8 @@ def _ema_update(ema: Any, params: Any, decay: float) -> Any:
 
 
 def _step_fn(spec: _StepSpec) -> Callable:
-    """The pure step `(state, images [B,S,S,1] in [-1,1], key, classifier_variables)`."""
+    """The pure step `(state, images [B,S,S,1] in [-1,1], labels [B], key,
+    classifier_variables)`."""
     G, D = spec.generator, spec.discriminator
     tx_g, tx_d = _cached_adam_pair(*spec.adam)
     data = None if spec.mesh is None else NamedSharding(spec.mesh, P("data"))
@@ -268,7 +276,8 @@ def _step_fn(spec: _StepSpec) -> Callable:
                 lambda a: jax.lax.with_sharding_constraint(a, data), lat)
         return lat
 
-    def step(state: GANState, real: Array, key: Array, classifier_variables: Any):
+    def step(state: GANState, real: Array, real_labels: Array, key: Array,
+             classifier_variables: Any):
         batch = real.shape[0]
         k_d, k_g = jax.random.split(key)
 
@@ -277,10 +286,12 @@ def _step_fn(spec: _StepSpec) -> Callable:
         fake, _ = G.apply({"params": state.g_params, "batch_stats": state.g_stats},
                           lat.z_anatomy, lat.z_pathology, train=True, mutable=["batch_stats"])
         both = jnp.concatenate([real.astype(jnp.float32), jax.lax.stop_gradient(fake)])
+        classes = jnp.concatenate([real_labels.astype(jnp.int32),
+                                   lat.positive.astype(jnp.int32)])
 
         def d_objective(d_params):
             logits, upd = D.apply({"params": d_params, SPECTRAL: state.d_spectral}, both,
-                                  update_stats=True, mutable=[SPECTRAL])
+                                  classes, update_stats=True, mutable=[SPECTRAL])
             real_l, fake_l = logits[:batch], logits[batch:]
             return discriminator_loss(real_l, fake_l), (upd[SPECTRAL], real_l, fake_l)
 
@@ -296,7 +307,8 @@ def _step_fn(spec: _StepSpec) -> Callable:
             fake, upd = G.apply({"params": g_params, "batch_stats": state.g_stats},
                                 lat.z_anatomy, lat.z_pathology, train=True,
                                 mutable=["batch_stats"])
-            fake_l = D.apply({"params": d_params, SPECTRAL: spectral}, fake)
+            fake_l = D.apply({"params": d_params, SPECTRAL: spectral}, fake,
+                             lat.positive.astype(jnp.int32))
             cls = classifier_logit(spec.classifier, classifier_variables, fake,
                                    spec.finding_index, input_size=spec.classifier_size)
             adversarial = -jnp.mean(fake_l)
@@ -344,8 +356,9 @@ def make_train_step(config, generator: Generator, discriminator: Discriminator, 
       mesh: a device mesh with a "data" axis; latents and generated images are sharded over it
         like the batch.
     Returns:
-      `train_step(state, batch, key)`: `batch` [B, S, S, 1] real images in [-1, 1], `key` a
-      PRNG key (the loop folds the step number into one); it donates `state`. Metrics (device
+      `train_step(state, batch, key, labels=None)`: `batch` [B, S, S, 1] real images in
+      [-1, 1], `key` a PRNG key (the loop folds the step number into one), `labels` [B] the
+      real images' classes (read by a conditional D; None: zeros); it donates `state`. Metrics (device
       scalars): loss_d, loss_g, adversarial, guidance, d_real, d_fake (mean logits), p_positive,
       p_negative (the classifier's mean probability of the finding on generated positives and
       negatives).
@@ -361,8 +374,10 @@ def make_train_step(config, generator: Generator, discriminator: Discriminator, 
     except TypeError:  # an unhashable classifier: compile for this call only
         jitted = jax.jit(_step_fn(spec), donate_argnums=0)
 
-    def train_step(state: GANState, batch: Array, key: Array):
-        return jitted(state, batch, key, classifier_variables)
+    def train_step(state: GANState, batch: Array, key: Array, labels: Array | None = None):
+        if labels is None:
+            labels = jnp.zeros(batch.shape[:1], jnp.int32)
+        return jitted(state, batch, labels, key, classifier_variables)
 
     return train_step
 
@@ -434,6 +449,23 @@ def check_images(images, image_size: int) -> np.ndarray:
     return images / XRV_SCALE
 
 
+def check_labels(labels, n: int, conditional: bool) -> np.ndarray:
+    """The real images' classes as int32 [n] (zeros when None and D is unconditional), or a
+    ValueError."""
+    if labels is None:
+        if conditional:
+            raise ValueError("A conditional discriminator needs the real images' labels: pass "
+                             "labels=[N] (finding present) to train_gan, or set "
+                             "conditional=False.")
+        return np.zeros(n, np.int32)
+    labels = np.asarray(labels)
+    if labels.shape != (n,):
+        raise ValueError(f"GAN labels must be [N] = [{n}] (one per image), got {labels.shape}.")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("GAN labels must be 0/1 (or bool): whether each image has the finding.")
+    return labels.astype(np.int32)
+
+
 def finding_index(finding: str, finding_names: Sequence[str], classifier=None) -> int:
     """Position of `finding` among the classifier's outputs, or a ValueError."""
     names = list(finding_names)
@@ -469,7 +501,7 @@ def _mean_metrics(pending: list[dict]) -> dict:
 
 
 def train_gan(config, workdir: str, classifier, classifier_variables, images, *,
-              finding_names: Sequence[str], progress: bool = True) -> dict:
+              finding_names: Sequence[str], labels=None, progress: bool = True) -> dict:
     """Trains (or resumes) the explanation GAN until `config.steps`; returns the results dict.
 
     Args:
@@ -481,6 +513,8 @@ def train_gan(config, workdir: str, classifier, classifier_variables, images, *,
       classifier_variables: its variables.
       images: real training images [N, S, S, 1] in [-1024, 1024], S = config.image_size.
       finding_names: the names of the classifier's K outputs; `config.finding` must be one.
+      labels: [N] bool, whether each real image has `config.finding` (required by a
+        `conditional` D, unused otherwise).
       progress: show a progress bar (process 0 only).
     Returns:
       {"history": [{"step", "loss_d", "loss_g", "adversarial", "guidance", "d_real",
@@ -490,6 +524,7 @@ def train_gan(config, workdir: str, classifier, classifier_variables, images, *,
     """
     size = check_image_size(config.image_size)
     images = check_images(images, size)
+    labels = check_labels(labels, len(images), bool(config.get("conditional", False)))
     k = finding_index(config.finding, finding_names, classifier)
     mesh = make_mesh()
     _check_config(config, len(images), len(mesh.local_devices))
@@ -504,7 +539,7 @@ def train_gan(config, workdir: str, classifier, classifier_variables, images, *,
                                  finding_index=k, mesh=mesh)
     state = init_state(config, generator, discriminator)
     ckpt = Checkpointer(workdir, keep=2)
-    it = iter(make_loader(ArraySource({"image": images}),
+    it = iter(make_loader(ArraySource({"image": images, "label": labels}),
                           batch_size=int(config.batch_size) // jax.process_count(),
                           seed=int(config.seed)))
     extras = {"history": [], "samples": [], "train_seconds": 0.0}
@@ -527,8 +562,10 @@ def train_gan(config, workdir: str, classifier, classifier_variables, images, *,
     pending: list[dict] = []
     try:
         for step in range(start + 1, int(config.steps) + 1):
-            batch = shard_batch(next(it)["image"], mesh)
-            state, m = train_step(state, batch, jax.random.fold_in(step_root, step))
+            item = next(it)
+            state, m = train_step(state, shard_batch(item["image"], mesh),
+                                  jax.random.fold_in(step_root, step),
+                                  shard_batch(item["label"], mesh))
             pending.append(m)
             if bar is not None:
                 bar.update(1)
