@@ -46,6 +46,22 @@ def test_monotonicity_counts_rising_steps():
         study.monotonicity(np.array([0.5]))
 
 
+def test_finding_effect_known_answers():
+    rng = np.random.default_rng(1)
+    real = rng.normal(size=(8, 8))
+    same = study.finding_effect(real, real)
+    np.testing.assert_allclose([same["slope"], same["correlation"]], [1.0, 1.0])
+    half = study.finding_effect(0.5 * real, real)       # the change, half as strong
+    np.testing.assert_allclose([half["slope"], half["correlation"]], [0.5, 1.0])
+    np.testing.assert_allclose(half["generated_mean_abs"], 0.5 * np.abs(real).mean())
+    other = np.zeros((8, 8))
+    other[:4] = 1.0
+    real2 = np.zeros((8, 8))
+    real2[4:] = 1.0                                       # a change elsewhere
+    e = study.finding_effect(other, real2)
+    np.testing.assert_allclose([e["slope"], e["correlation"]], [0.0, -1.0], atol=1e-12)
+
+
 def test_bad_configs_raise_clear_errors():
     from experiments.configs.gan import get_config
 
@@ -104,6 +120,12 @@ def test_gan_study_end_to_end_in_range(gan_run):
     for key in ("negative_rate", "positive_rate", "rate", "p_twin_mean", "p_positive_mean"):
         assert 0 <= d[key] <= 1
     assert d["rate"] <= min(d["negative_rate"], d["positive_rate"])
+    e = d["effect"]
+    assert _in(e["correlation"], -1, 1) and e["real_mean_abs"] > 0
+    with np.load(os.path.join(workdir, "effect.npz")) as z:
+        assert z["real"].shape == z["generated"].shape == (config.image_size,) * 2
+        np.testing.assert_allclose(study.finding_effect(z["generated"], z["real"])["slope"],
+                                   e["slope"], rtol=1e-6)
     r = on_disk["response"]
     assert len(r["alphas"]) == config.num_alphas and r["alphas"][0] == 0 and r["alphas"][-1] == 1
     assert all(0 <= m <= 1 for m in r["monotonicity"]) and 0 <= r["monotonicity_mean"] <= 1
@@ -118,7 +140,7 @@ def test_gan_study_end_to_end_in_range(gan_run):
     from cxr_jax.report.gan import SECTIONS
     for heading in SECTIONS:
         assert heading in index, heading
-    for name in ("twins", "strips", "response", "overlays", "localisation"):
+    for name in ("twins", "strips", "response", "overlays", "localisation", "effect"):
         assert os.path.exists(os.path.join(workdir, "figures", f"{name}.png"))
     assert os.path.exists(os.path.join(workdir, "localisation.csv"))
 

@@ -39,7 +39,12 @@ and skipped when a rerun finds its file:
                    seed s): the rate at which the classifier calls the negative twin G(z_a, 0)
                    negative (p < `threshold`), the positive G(z_a, z_p) positive (p >=
                    threshold), and both at once (the disentanglement rate); plus the
-                   whole-image SSIM of each pair (`disentanglement.json`).
+                   whole-image SSIM of each pair (`disentanglement.json`). And, with no
+                   classifier involved, the finding's effect (`finding_effect`): the mean
+                   change G(z_a, z_p) - G(z_a, 0) over the draws against the real effect,
+                   the mean training positive minus the mean training negative (both maps in
+                   `effect.npz`): does turning z_p on add what the finding adds, where it
+                   adds it, or something the classifier alone reacts to?
   frechet          sample quality: the Frechet distance (`frechet_distance`) between Gaussian
                    fits of the classifier's penultimate features (the stage before its head,
                    `model.stages[-2]`, flattened) on `fd_samples` real phantoms (seed 2 s + 3)
@@ -57,7 +62,8 @@ results.json (rewritten after every phase, so a killed run leaves what it finish
    "response": {"alphas", "curves", "monotonicity", "monotonicity_mean", "p_twin_mean",
                 "p_reconstruction_mean", "rise_mean"},
    "disentanglement": {"draws", "threshold", "negative_rate", "positive_rate", "rate",
-                       "p_twin_mean", "p_positive_mean"},
+                       "p_twin_mean", "p_positive_mean", "effect": {"slope", "correlation",
+                       "generated_mean_abs", "real_mean_abs"}},
    "frechet": {"generated", "floor", "samples", "feature_dim", "positive_share"},
    "answers", "seconds": {phase: s}, "run": {"trained", "loaded", "computed", "skipped"}}
 """
@@ -292,7 +298,7 @@ class _Fns:
             both = jnp.concatenate([twin, pos]) * XRV_SCALE
             p = prob(cv, both)
             ssim = metrics.ssim(twin[..., 0], pos[..., 0], normalize=False, data_range=2.0)
-            return p[: za.shape[0]], p[za.shape[0]:], ssim
+            return p[: za.shape[0]], p[za.shape[0]:], ssim, (pos - twin)[..., 0]
 
         self.pairs = pairs
 
@@ -388,26 +394,47 @@ def _explain(fns: _Fns, gv, cv, model, variables, inv: dict, x_hu: np.ndarray,
     return scores, arrays
 
 
-def _disentangle(fns: _Fns, gv, cv, config, za_dim: int, zp_dim: int) -> dict:
+def finding_effect(generated: np.ndarray, real: np.ndarray) -> dict:
+    """How the GAN's mean change G(z_a, z_p) - G(z_a, 0) compares with the real finding's mean
+    effect (mean positive minus mean negative real image), both [S, S] in [-1, 1] units, with
+    no classifier involved: `slope` = <generated, real> / <real, real> (1: the same change in
+    the same place; 0: none there), `correlation` (Pearson over pixels), and the mean absolute
+    change of each."""
+    g, r = np.ravel(generated).astype(np.float64), np.ravel(real).astype(np.float64)
+    rr = float(r @ r)
+    gc, rc = g - g.mean(), r - r.mean()
+    denom = float(np.sqrt((gc @ gc) * (rc @ rc)))
+    return {"slope": float(g @ r) / rr if rr > 0 else float("nan"),
+            "correlation": float(gc @ rc) / denom if denom > 0 else float("nan"),
+            "generated_mean_abs": float(np.abs(g).mean()), "real_mean_abs": float(np.abs(r).mean())}
+
+
+def _disentangle(fns: _Fns, gv, cv, config, za_dim: int, zp_dim: int,
+                 real_effect: np.ndarray, effect_path: str) -> dict:
     n, b = int(config.num_draws), int(config.draw_batch)
     key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 11)
     p0s, p1s, ss = [], [], []
+    change = np.zeros(real_effect.shape, np.float64)
     for i, lo in enumerate(range(0, n, b)):
         ka, kp = jax.random.split(jax.random.fold_in(key, i))
         za = jax.random.normal(ka, (b, za_dim), jnp.float32)
         zp = jax.random.normal(kp, (b, zp_dim), jnp.float32)
-        p0, p1, s = jax.device_get(fns.pairs(gv, cv, za, zp))
+        p0, p1, s, d = jax.device_get(fns.pairs(gv, cv, za, zp))
         m = min(b, n - lo)
         p0s.append(np.asarray(p0[:m]))
         p1s.append(np.asarray(p1[:m]))
         ss.append(np.asarray(s[:m]))
+        change += np.asarray(d[:m], np.float64).sum(axis=0)
     p0, p1, s = (np.concatenate(a).astype(np.float64) for a in (p0s, p1s, ss))
     thr = float(config.threshold)
     neg, pos = p0 < thr, p1 >= thr
+    generated = (change / n).astype(np.float32)
+    if runtime.is_writer():
+        write_npz(effect_path, {"generated": generated, "real": real_effect})
     return {"draws": n, "threshold": thr, "negative_rate": float(neg.mean()),
             "positive_rate": float(pos.mean()), "rate": float((neg & pos).mean()),
             "p_twin_mean": float(p0.mean()), "p_positive_mean": float(p1.mean()),
-            "ssim_pairs_mean": _mean(s)}
+            "ssim_pairs_mean": _mean(s), "effect": finding_effect(generated, real_effect)}
 
 
 def _phantom_images(n: int, size: int, seed: int, config, chunk: int = 500) -> np.ndarray:
@@ -493,6 +520,14 @@ def answers(results: dict) -> list[str]:
             f"and G(z_a, z_p) positive {100 * d['positive_rate']:.1f}%; both at once (the "
             f"disentanglement rate) {100 * d['rate']:.1f}% (threshold {d['threshold']:.2f}; "
             f"mean p({f}) {d['p_twin_mean']:.2f} vs {d['p_positive_mean']:.2f}).")
+        e = d.get("effect")
+        if e:
+            out.append(
+                f"What z_p adds, without the classifier: the mean change G(z_a, z_p) - "
+                f"G(z_a, 0) correlates {e['correlation']:.2f} over pixels with the real effect "
+                f"of {f} (mean positive minus mean negative phantom), with slope "
+                f"{e['slope']:.2f} (1: the same change in the same place; mean |change| "
+                f"{e['generated_mean_abs']:.4f} vs {e['real_mean_abs']:.4f} real).")
     r = results.get("response")
     if r:
         out.append(f"Along the latent path from the twin to the reconstruction p({f}) went from "
@@ -562,6 +597,10 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     k_ph = findings.index(config.finding)
     train_images = data.train[slice(None)]
     positive_share = float(np.mean(train_images["labels"][:, k_ph]))
+    has = train_images["labels"][:, k_ph] > 0.5
+    real_effect = ((train_images["image"][has].mean(axis=0, dtype=np.float64)
+                    - train_images["image"][~has].mean(axis=0, dtype=np.float64))[..., 0]
+                   / XRV_SCALE).astype(np.float32)
     results["findings"] = list(findings)
     seconds["phantoms"] = time.perf_counter() - mark
 
@@ -577,7 +616,8 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     gcfg = gan_config(config)
     gan_dir = os.path.join(workdir, "gan")
     gan_res = train_gan(gcfg, gan_dir, model, variables, train_images["image"],
-                        finding_names=info["label_names"], progress=progress)
+                        finding_names=info["label_names"],
+                        labels=has, progress=progress)
     run_info["trained" if gan_res["resumed_from_step"] < int(gcfg.steps)
              else "loaded"].append("gan")
     generator, gv, _, _ = load_generator(gan_dir)
@@ -652,7 +692,8 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     mark = time.perf_counter()
     dis = _json_phase(os.path.join(workdir, "disentanglement.json"),
                       lambda: _disentangle(fns, gv, cv, config, generator.z_anatomy,
-                                           generator.z_pathology),
+                                           generator.z_pathology, real_effect,
+                                           os.path.join(workdir, "effect.npz")),
                       fresh, "disentanglement", run_info)
     seconds["disentanglement"] = time.perf_counter() - mark
     results["disentanglement"] = dis

@@ -209,13 +209,16 @@ def save_overlays(images: np.ndarray, maps: Mapping[str, np.ndarray], path: str,
 
 def save_columns(columns: Mapping[str, np.ndarray], path: str, *,
                  contours: Mapping[str, np.ndarray] | None = None,
-                 notes: Mapping[str, Sequence[str]] | None = None) -> str:
+                 notes: Mapping[str, Sequence[str]] | None = None, cmap: str = "gray",
+                 vmin: float | None = None, vmax: float | None = None) -> str:
     """Images side by side: one column per entry of `columns` ({title: [N, H, W] grey}), one
-    row per image, each image shown in its own grey range.
+    row per image, each image shown in its own grey range (or all in [vmin, vmax]).
 
     Args:
       contours: {title: [N, K, H, W] bool}: masks drawn as coloured contours over that column.
       notes: {title: N strings} printed under each image of that column.
+      cmap, vmin, vmax: the colour map and a shared range (e.g. a diverging map centred at 0
+        for signed images).
     """
     names = list(columns)
     n = len(next(iter(columns.values())))
@@ -224,7 +227,7 @@ def save_columns(columns: Mapping[str, np.ndarray], path: str, *,
     for j, name in enumerate(names):
         for i in range(n):
             ax = axes[i, j]
-            ax.imshow(np.asarray(columns[name][i], float), cmap="gray")
+            ax.imshow(np.asarray(columns[name][i], float), cmap=cmap, vmin=vmin, vmax=vmax)
             for k, m in enumerate((contours or {}).get(name, np.zeros((n, 0)))[i]):
                 if m.any():
                     ax.contour(m, levels=[0.5], colors=[colours(k % 10)], linewidths=0.8)

@@ -185,9 +185,28 @@ def write(workdir: str, results: Mapping, real: np.ndarray, masks: np.ndarray,
                  "both (disentanglement rate)": dis["rate"],
                  f"mean p({f}), twin": dis["p_twin_mean"],
                  f"mean p({f}), positive": dis["p_positive_mean"]}]
-    page.append((SECTIONS[8], tables.html(dis_rows) + caption(
+    body = tables.html(dis_rows) + caption(
         "Random z_a, z_p ~ N(0, I): how often the classifier calls G(z_a, 0) negative and "
-        "G(z_a, z_p) positive, each and both at once.")))
+        "G(z_a, z_p) positive, each and both at once.")
+    effect = dis.get("effect")
+    effect_npz = os.path.join(workdir, "effect.npz")
+    if effect and os.path.exists(effect_npz):
+        with np.load(effect_npz) as z:
+            maps = {"real effect": z["real"][None], "GAN: G(z_a, z_p) - G(z_a, 0)":
+                    z["generated"][None]}
+        lim = max(float(np.abs(m).max()) for m in maps.values()) or 1.0
+        fig = figures.save_columns(maps, os.path.join(fig_dir, "effect.png"), cmap="RdBu_r",
+                                   vmin=-lim, vmax=lim)
+        body += image(rel(fig)) + tables.html([{
+            "correlation": effect["correlation"], "slope": effect["slope"],
+            "mean |change|, GAN": effect["generated_mean_abs"],
+            "mean |change|, real": effect["real_mean_abs"]}]) + caption(
+            f"Without the classifier: the real effect of {f} (mean training positive minus mean "
+            f"training negative) beside the GAN's mean change when z_p is switched on (over "
+            f"the {dis['draws']} draws), one colour scale ([-1, 1] units; red brighter). Slope "
+            "= <GAN, real> / <real, real>: 1 when the GAN adds the finding's change where the "
+            "finding adds it, near 0 when it changes what the classifier alone reacts to.")
+    page.append((SECTIONS[8], body))
 
     mono_rows = [{"image": int(i), "monotonicity": m, f"p({f}) at alpha 0": cv[0],
                   f"p({f}) at alpha 1": cv[-1]}
