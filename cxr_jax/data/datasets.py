@@ -17,10 +17,12 @@ _CHUNK = 2048
 
 
 def phantom_options(config) -> dict:
-    """The phantom generator's style and finding contrast a config asks for (v1 and 1.0 when
-    it names none: configs written before v2 existed)."""
+    """The phantom generator's style, finding contrast and prevalence a config asks for (v2,
+    1.0 and the generator's 0.4 when it names none)."""
+    prevalence = config.get("phantom_prevalence", None)
     return {"style": config.get("phantom_style", "v2"),
-            "contrast": float(config.get("phantom_contrast", 1.0))}
+            "contrast": float(config.get("phantom_contrast", 1.0)),
+            "prevalence": None if prevalence is None else float(prevalence)}
 
 
 def _phantom_training_arrays(n: int, image_size: int, seed: int, labels, **options) -> dict:

@@ -18,6 +18,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.data_dir = ""               # folder (or CSV) of a real dataset
     c.phantom_style = "v2"        # phantoms: "v2" (textured, the default) or "v1" (earlier numbers)
     c.phantom_contrast = 1.0      # phantoms: scale of what the lung findings change
+    c.phantom_prevalence = 0.4    # phantoms: probability of each finding (independently)
     c.policy = "zeros"            # CheXpert uncertainty policy: ignore | zeros | ones
     c.model = "densenet121"
     c.image_size = 224
