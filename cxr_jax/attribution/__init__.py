@@ -13,7 +13,8 @@ returns raw (unnormalised) maps, and holds no `jax.jit`: the caller jits, vmaps 
   gradients    gradient, input x gradient, SmoothGrad, integrated gradients, guided backprop
   cam          Grad-CAM, Grad-CAM++, Guided Grad-CAM
   scorecam     Score-CAM, Faster Score-CAM
-  normgrad     NormGrad (five variants, one layer or several combined)
+  normgrad     NormGrad (five variants at stages or convolutions inside ResNet units, plus
+               the exact weight-gradient variant at those convolutions; several combined)
   iba/         IBA, Inverse IBA, Regression IBA, Multi-layer IBA, their statistics and the
                noise check
   multi        several targets per image in one call

@@ -13,6 +13,12 @@ mirrors torchvision's `state_dict` names (`features.denseblock1.denselayer1.conv
 convert by name. `apply(start=S)` runs only the stages after `S` on an activation of `S`, so a
 method can run the prefix of the network once and rerun only the suffix.
 
+A stage can also declare `Point`s: convolutions inside its module (a ResNet unit's `conv1`,
+`conv2`, `conv3`, `downsample.0`) that are tapped and edited like stages under the names
+`"<stage>.<point>"` (`"layer4.1.conv2"`, its output before the batch norm that follows it) and
+`"<stage>.<point>.input"` (its input, tap only). A stage's module is only asked for its points
+when a tap or edit names one, so a plain forward is the same program as without them.
+
 Each builder also declares, once, the model's notable layers (`Layers`): the default layer to
 explain, IBA's bottleneck and Multi-layer IBA's layers, the last stage at stride 16 and the units
 of each stage. Methods and studies ask the model (`model.layer(...)`, `default_layer(model, ...)`)
@@ -35,6 +41,23 @@ Variables = Mapping[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
+class Point:
+    """A convolution inside a stage's module that can be tapped and edited like a stage.
+
+    Attributes:
+      name: its name inside the stage, as torchvision names the module ("conv2",
+        "downsample.0"); the model-level name is "<stage>.<name>", e.g. "layer4.1.conv2".
+      kernel, stride, padding: the (square) convolution's geometry, so a method can unfold the
+        input exactly as the convolution does.
+    """
+
+    name: str
+    kernel: int = 1
+    stride: int = 1
+    padding: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class Stage:
     """One named stage of a pipeline.
 
@@ -45,6 +68,11 @@ class Stage:
       fn: a parameter-free function `x -> y`, used when `module` is None.
       mode: how the module learns train/eval mode: "train" (called with `train=`),
         "batchnorm" (a bare BatchNorm, called with `use_running_average=`) or "none".
+      points: the `Point`s inside the module, in forward order. A module with points accepts
+        the keywords `taps` (local names: "<point>" for a convolution's output, "<point>.input"
+        for its input) and `edits` ({local point name: f}, f applied to the convolution's
+        output before anything reads it) and, when either is given, returns
+        `(y, {local name: activation})`; without them it is called exactly as before.
     """
 
     name: str
@@ -52,6 +80,7 @@ class Stage:
     module: nn.Module | None = None
     fn: Callable[[Array], Array] | None = None
     mode: str = "train"
+    points: tuple[Point, ...] = ()
 
     def kwargs(self, train: bool) -> dict:
         if self.mode == "train":
@@ -175,6 +204,63 @@ class Model:
     def _index(self, name: str, what: str) -> int:
         return self.stages.index(check_stage(self, name, what))
 
+    @property
+    def points(self) -> tuple[str, ...]:
+        """Names of the convolutions inside stages, in forward order (ResNet: "layer1.0.conv1",
+        "layer1.0.conv2", ..., "layer4.0.downsample.0", ...; none for DenseNet). Each is tapped
+        (its output, before the batch norm that follows) and edited like a stage;
+        "<point>.input" taps its input."""
+        return tuple(f"{s.name}.{p.name}" for s in self.stage_list for p in s.points)
+
+    def point(self, name: str, what: str = "layer") -> tuple[Stage, Point]:
+        """The stage holding point `name` and the `Point`, or a ValueError naming the valid
+        points (those of the unit `name` starts with, else the model's)."""
+        for stage in self.stage_list:
+            for p in stage.points:
+                if name == f"{stage.name}.{p.name}":
+                    return stage, p
+        raise ValueError(self._unknown_point(name, what))
+
+    def _unknown_point(self, name: Any, what: str) -> str:
+        owners = [s for s in self.stage_list
+                  if s.points and isinstance(name, str) and name.startswith(s.name + ".")]
+        if owners:
+            stage = max(owners, key=lambda s: len(s.name))
+            valid = [f"{stage.name}.{p.name}" for p in stage.points]
+            return (f"Unknown {what} {name!r} for model {self.name!r}: {stage.name} holds the "
+                    f"convolutions {', '.join(valid)} (and their '.input' taps).")
+        points = self.points
+        if not points:
+            return (f"Unknown {what} {name!r} for model {self.name!r}: it has no points inside "
+                    f"stages. Valid stage names: {', '.join(self.stages)}.")
+        shown = points if len(points) <= 24 else points[:4] + ("...",) + points[-4:]
+        return (f"Unknown {what} {name!r} for model {self.name!r}. Valid stage names: "
+                f"{', '.join(self.stages)}. Valid points (convolutions inside units, "
+                f"{len(points)} in all, listed by Model.points): {', '.join(shown)}.")
+
+    def _locate(self, name: Any, what: str, inputs: bool = False) -> tuple[int, str | None]:
+        """(index of the stage that computes `name`, local point name or None for a stage)."""
+        if isinstance(name, str) and name in self.stages:
+            return self.stages.index(name), None
+        if isinstance(name, str) and self.points:
+            base = name[: -len(".input")] if name.endswith(".input") else name
+            for i, stage in enumerate(self.stage_list):
+                for p in stage.points:
+                    if base == f"{stage.name}.{p.name}":
+                        if base != name and not inputs:
+                            raise ValueError(
+                                f"Cannot {what} {name!r}: a convolution's input can be tapped, "
+                                f"not edited; edit {base!r} (its output) or the stage before.")
+                        return i, name[len(stage.name) + 1:]
+            if any(name.startswith(s.name + ".") for s in self.stage_list if s.points):
+                raise ValueError(self._unknown_point(name, what))
+            try:
+                check_stage(self, name, what)
+            except ValueError as e:
+                raise ValueError(f"{e} Convolutions inside units can be named too, e.g. "
+                                 f"{self.points[-1]!r} (see Model.points).") from None
+        return self._index(name, what), None
+
     def layer(self, name: str | None = None, role: str = "explain") -> str:
         """A validated stage name: `name` (a stage or an alias such as "stride16" or
         "layer4.last"), or the layer the model declares for `role` when `name` is None."""
@@ -261,10 +347,12 @@ class Model:
         Args:
           variables: {"params", "batch_stats"} as returned by `init` (or converted weights).
           x: images [B, H, W, C]; with `start=S`, an activation of stage S instead.
-          taps: stage names whose outputs (after any edit) are returned.
+          taps: stage names whose outputs (after any edit) are returned; also point names
+            (`Model.points`, e.g. "layer4.1.conv2": a convolution's output inside a unit) and
+            "<point>.input" (that convolution's input).
           edits: {stage: f}; f is applied to the stage's output before the next stage reads it.
             An additive edit at zero gives the gradient with respect to that stage; a
-            bottleneck is an edit.
+            bottleneck is an edit. A point can be edited too (its convolution's output).
           start: run only the stages after this one, treating `x` as its output.
           train: batch-norm uses batch statistics (pass `mutable=["batch_stats"]` to get the
             updated running statistics back, as in Flax).
@@ -276,20 +364,26 @@ class Model:
         edits = dict(edits or {})
         taps = tuple(taps)
         first = 0 if start is None else self._index(start, "start stage") + 1
+        inner_taps: dict[int, list[str]] = {}  # stage index -> local point taps
+        inner_edits: dict[int, dict[str, Callable[[Array], Array]]] = {}
         for name in taps:
-            i = self._index(name, "tap")
-            if i < first - (start is not None):
+            i, local = self._locate(name, "tap", inputs=True)
+            if i < first - (start is not None and local is None):
                 raise ValueError(
                     f"Cannot tap {name!r}: it runs before start={start!r}. Tap a stage from "
                     f"{start!r} on."
                 )
+            if local is not None:
+                inner_taps.setdefault(i, []).append(local)
         for name in edits:
-            i = self._index(name, "edit")
+            i, local = self._locate(name, "edit")
             if i < first:
                 raise ValueError(
                     f"Cannot edit {name!r}: it runs at or before start={start!r}; edit the input "
                     f"activation directly instead."
                 )
+            if local is not None:
+                inner_edits.setdefault(i, {})[local] = edits[name]
         self._check_input(x, start)
         if mutable and not train:
             raise ValueError("mutable collections are only updated with train=True.")
@@ -304,7 +398,7 @@ class Model:
         h = x
         if start is not None and start in taps:
             acts[start] = h
-        for stage in self.stage_list[first:]:
+        for i, stage in enumerate(self.stage_list[first:], start=first):
             if stage.module is None:
                 h = stage.fn(h)
             else:
@@ -314,11 +408,17 @@ class Model:
                     if (sub := get_path(variables.get(col, {}), stage.path)) is not None
                 }
                 kw = stage.kwargs(train)
+                # Points are asked for only when named: otherwise the call is unchanged.
+                if i in inner_taps or i in inner_edits:
+                    kw.update(taps=tuple(inner_taps.get(i, ())), edits=inner_edits.get(i, {}))
                 if train and "batch_stats" in v:
                     h, upd = stage.module.apply(v, h, mutable=["batch_stats"], **kw)
                     set_path(new_stats, stage.path, upd["batch_stats"])
                 else:
                     h = stage.module.apply(v, h, **kw)
+                if "taps" in kw:
+                    h, inner = h
+                    acts.update({f"{stage.name}.{k}": a for k, a in inner.items()})
             if stage.name in edits:
                 h = edits[stage.name](h)
             if stage.name in taps:

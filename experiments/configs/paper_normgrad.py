@@ -15,7 +15,10 @@ layer3.0, layer4.0, layer4.2).
 The bias variant at layer4.last is flat by construction: that tap is the last unit's output,
 which only global average pooling follows, so the gradient there is the same at every location
 (||g_u|| constant), the map's argmax is pixel (0, 0), and min-max normalising the constant map
-gives zeros, which zero the combined product too. The table reports what that gives.
+gives zeros, which zero the combined product too. The table reports what that gives. Inside
+the unit the bias variant is defined (`layer="layer4.0.conv2"`, a convolution's output before
+its batch norm, where TorchRay's hooks read; see `cxr_jax.attribution.normgrad`); these tables do
+not use those points yet.
 """
 
 import ml_collections
