@@ -25,7 +25,13 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 class _Draws:
-    """Uniform draws per image; the k-th call of a kind uses the same slots for every chunking."""
+    """Uniform draws per image; the k-th call of a kind uses the same slots for every chunking.
+
+    Slot j of image i is the uniform hash(base_i + j C). Small requests are served from a block
+    of the next BLOCK slots hashed at once (the same values, fewer numpy calls: a chunk makes a
+    few hundred of them)."""
+
+    BLOCK = 256
 
     def __init__(self, seed: int, index: np.ndarray):
         key = _mix(np.array([seed % 2**64], np.uint64))
@@ -33,13 +39,29 @@ class _Draws:
         self._base = _mix(key ^ _mix(index.astype(np.uint64) * golden + key))
         self._slot = 0
         self.n = index.shape[0]
+        self._block = np.empty((self.n, 0))   # uniforms of slots _block_at.._block_at + width
+        self._block_at = 0
 
-    def uniform01(self, k: int) -> np.ndarray:
-        """[B, k] float64 uniforms in [0, 1)."""
-        slots = np.arange(self._slot, self._slot + k, dtype=np.uint64)
-        self._slot += k
+    def _hash(self, start: int, k: int) -> np.ndarray:
+        """[B, k] float64 uniforms in [0, 1) of slots start..start+k-1."""
+        slots = np.arange(start, start + k, dtype=np.uint64)
         x = _mix(self._base[:, None] + slots[None, :] * np.array([0xD1B54A32D192ED03], np.uint64))
         return (x >> _U64(11)).astype(np.float64) * (1.0 / 2**53)
+
+    def uniform01(self, k: int) -> np.ndarray:
+        """[B, k] float64 uniforms in [0, 1) (the next k slots)."""
+        start, self._slot = self._slot, self._slot + k
+        if k > self.BLOCK:
+            return self._hash(start, k)
+        at = start - self._block_at
+        if at + k > self._block.shape[1]:
+            self._block, self._block_at, at = self._hash(start, self.BLOCK), start, 0
+        return self._block[:, at:at + k].copy()
+
+    def skip(self, k: int) -> None:
+        """Passes over the next k slots (a draw whose values are not needed), so that every later
+        draw keeps its slots."""
+        self._slot += k
 
     def u(self, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
         """[B] uniforms in [lo, hi)."""

@@ -3,9 +3,10 @@
 Owns `Patient` (every per-image parameter drawn before the findings: build, lungs, which findings
 are present, heart shape and size, bones, tissue densities, film settings) and `render`, which
 draws body outline, diaphragm domes and abdomen, heart, mediastinum with trachea, lungs, ribs,
-clavicles, spine, gastric bubble, hila and lung markings in unit intensities, and returns them
-with the exact bool mask of every anatomical concept (`Anatomy`). Each structure has its own
-function; they only compute, and the random draws stay in `draw_patient` and `_markings`.
+clavicles, spine, gastric bubble, hila and lung markings (v1; v2's vessels come from
+`texture.vessels`) in unit intensities, and returns them with the exact bool mask of every
+anatomical concept (`Anatomy`). Each structure has its own function; they only compute, and the
+random draws stay in `draw_patient` and `_markings`.
 """
 
 from __future__ import annotations
@@ -61,10 +62,11 @@ class Patient:
 @dataclasses.dataclass(slots=True)
 class Anatomy:
     """The drawn healthy chest: `img` (unit intensities, lung markings not yet added), `marks`
-    (the lung markings, added once the findings have been drawn), and the bool masks."""
+    (the lung markings, added once the findings have been drawn; None from a v2 `render`, whose
+    markings `texture.vessels` draws), and the bool masks."""
 
     img: np.ndarray
-    marks: np.ndarray
+    marks: np.ndarray | None
     lung_bins: dict[int, np.ndarray]
     lung_dist: dict[int, np.ndarray]     # signed distance inside each lung, on cols[side] only
     lung_any: np.ndarray
@@ -126,13 +128,16 @@ def _heart_shape(d: _Draws, lungs, ctr) -> dict[str, np.ndarray]:
     return dict(phi=phi, ha=ha, hb=hb, v_ext=v_ext, hx=hx, hy=hy)
 
 
+MARKINGS_FIELD = (34, 14)   # control points (rows, columns) of v1's lung-markings field
 CARDIOPHRENIC = 0.12    # v2: height above the dome over which the heart border softens
 CARDIOPHRENIC_SOFT = 4.0  # v2: how much wider the heart's edge is where it meets the dome
 
 
 def render(d: _Draws, fr: Frame, pt: Patient, style: str = "v1",
            blur: np.ndarray | None = None) -> Anatomy:
-    """Draws the healthy chest of every image of the chunk (draws only the markings' field).
+    """Draws the healthy chest of every image of the chunk. Its only draw is v1's lung-markings
+    field; v2, whose markings `texture.vessels` draws, passes over those slots instead and
+    returns `marks` None.
 
     style "v2" draws a body that thins towards its outline, thinner ribs with bright cortices,
     a fainter spine behind the mediastinum and a darker trachea, and borders that are sharp
@@ -164,7 +169,12 @@ def render(d: _Draws, fr: Frame, pt: Patient, style: str = "v1",
     img = _soft_tissue(fr, pt, body, heart, heart_sd, med, abd)
     trachea_bin = _air(fr, pt, img, lung, body, trachea_air=0.12 if style == "v1" else 0.22)
     img += bone
-    return Anatomy(img=img, marks=_markings(d, fr, pt, lung), lung_bins=lung_bins,
+    if style == "v1":
+        marks = _markings(d, fr, pt, lung)
+    else:   # v2 draws vessels instead (texture.vessels); the markings' field keeps its slots
+        d.skip(MARKINGS_FIELD[0] * MARKINGS_FIELD[1])
+        marks = None
+    return Anatomy(img=img, marks=marks, lung_bins=lung_bins,
                    lung_dist=lung_dist, lung_any=lung_bins[-1] | lung_bins[+1],
                    heart_bin=heart_bin, med_bin=med_bin, spine_bin=spine_bin,
                    ribs_bin=ribs_bin & body_bin, clav_bin=clav_bin & body_bin,
@@ -379,7 +389,7 @@ def _markings(d: _Draws, fr: Frame, pt: Patient, lung) -> np.ndarray:
         hdx = (fr.X[:, rows] - side * 0.2) * (1 / 0.09)
         hdy = (fr.Y[:, rows] - _b(hc)) * (1 / 0.14)
         hil[:, rows] += _soft(1.0 - hdx * hdx - hdy * hdy, 1.2)
-    field = _smooth(d.field(34, 14), fr.S)
+    field = _smooth(d.field(*MARKINGS_FIELD), fr.S)
     np.abs(field, out=field)
     marks = _soft(0.2 - field, 0.2)
     marks *= np.clip(1.15 - fr.absX * (1 / 0.7), 0.1, 1.0)

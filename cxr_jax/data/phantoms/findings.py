@@ -218,16 +218,20 @@ def _opacity(fr: Frame, pt: Patient, an: Anatomy, masks, severity, texture_coeff
     if not sub.size:
         return
 
-    def zone_amp(Y):
+    zones = []   # per side: its columns, lung mask there, zone lines and score steps
+    for j, side in enumerate((-1, +1)):
+        f, cs = pt.lungs[side], fr.cols[side]
+        sc = _OPACITY_AMPLITUDE[severity[sub, 3 * j:3 * j + 3]]
+        zones.append((cs, an.lung_bins[side][sub][..., cs], _b((f["yt"] + f["h"] / 3)[sub]),
+                      _b((f["yt"] + 2 * f["h"] / 3)[sub]), _b(sc[:, 0]),
+                      _b(sc[:, 1] - sc[:, 0]), _b(sc[:, 2] - sc[:, 1])))
+
+    def zone_amp(Y):   # a lung's mask is empty outside its columns, so only those are computed
         out = np.zeros((sub.size, fr.S, fr.S), np.float32)
-        for j, side in enumerate((-1, +1)):
-            f = pt.lungs[side]
-            y1 = _b((f["yt"] + f["h"] / 3)[sub])
-            y2 = _b((f["yt"] + 2 * f["h"] / 3)[sub])
-            sc = _OPACITY_AMPLITUDE[severity[sub, 3 * j:3 * j + 3]]
-            za = _b(sc[:, 0]) + _b(sc[:, 1] - sc[:, 0]) * (Y >= y1) \
-                + _b(sc[:, 2] - sc[:, 1]) * (Y >= y2)
-            out += za * an.lung_bins[side][sub]
+        for cs, lung, y1, y2, a0, a1, a2 in zones:
+            Yc = Y[..., cs]
+            za = a0 + a1 * (Yc >= y1) + a2 * (Yc >= y2)
+            out[..., cs] += za * lung
         return out
 
     if v is not None:

@@ -6,10 +6,11 @@ pixel-scale power, half again their share of edges; see `realism`). v2 keeps eve
 mask and finding and adds, from draws of its own (so a v1 and a v2 image of the same seed and
 index show the same patient and the same findings):
 
-  vessels      branching markings radiating from each hilum inside the lungs: ridges of a
-               random field laid out in polar coordinates around the hilum (many control points
-               across angle, few along the log radius), so lines run outwards, wander, merge and
-               split; they narrow and fade towards the periphery and are denser at the hila.
+  vessels      branching markings radiating from each hilum inside the lungs: each lung gets
+               one tree from a bank of grown vessel trees (trunks leave the hilum and branch,
+               narrowing, as projected cylinders), placed at the hilum and stretched to the
+               lung, so lines run outwards, wander and split; they narrow and fade towards the
+               periphery and are denser at the hila.
                They replace v1's markings (a pneumothorax still erases them in its crescent).
   soft_tissue  shoulder and axillary soft tissue, breast shadows in about half the patients,
                a faint mottled body texture, and arms beside the chest instead of black air.
@@ -29,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from cxr_jax.data.phantoms._fields import _b, _Draws, _smooth, _soft, noise_window
+from cxr_jax.data.phantoms.geometry import col_band, row_band
 
 _SALT = 0x76320001    # v2's own draws: _Draws(seed ^ _SALT, index)
 BLUR = 0.67            # detector blur sd, pixels at 224 (scaled with the image size)
@@ -116,44 +118,68 @@ def _tree_bank(seed: int, size: int) -> np.ndarray:
 
 
 def _place(bank: np.ndarray, pick: np.ndarray, px: np.ndarray, y: np.ndarray, u0: float,
-           width: np.ndarray, v0: np.ndarray, height: np.ndarray) -> np.ndarray:
+           width: np.ndarray, v0: np.ndarray, height: np.ndarray,
+           where: np.ndarray) -> np.ndarray:
     """bank[pick[b]] sampled (bilinear, zero outside the canvas) at u = (px - u0) / width,
-    v = (y - v0) / height for every pixel of image b. px and y are affine in the pixel
-    coordinates (the pose is a similarity), so each image is one affine resampling."""
+    v = (y - v0) / height for the pixels of image b inside the bounding box of where[b] (bool
+    [B, S, S]: the pixels the caller keeps); 0 elsewhere. px and y are affine in the pixel
+    coordinates (the pose is a similarity), so each image is one affine resampling.
+
+    Inside the box the values are those of `ndimage.affine_transform` on the whole image, bit
+    for bit: the canvas coordinates are formed as its C loop forms them (offset + r A[:, 0] +
+    c A[:, 1], in float64) and handed to `ndimage.map_coordinates`, which shares its
+    interpolation."""
     B, S, _ = px.shape
     n = bank.shape[-1]
-    out = np.empty((B, S, S), np.float32)
+    out = np.zeros((B, S, S), np.float32)
     su, sv = (n - 1) / (_U[1] - _U[0]), (n - 1) / (_V[1] - _V[0])
-    for b in range(B):
+    rows, cols = where.any(axis=2), where.any(axis=1)
+    for b in np.nonzero(rows.any(axis=1))[0]:
+        r0, r1 = rows[b].argmax(), S - rows[b, ::-1].argmax()
+        c0, c1 = cols[b].argmax(), S - cols[b, ::-1].argmax()
         # canvas (row, col) = A @ (r, c) + t, from the affine fields at three pixels
         col0 = ((px[b, 0, 0] - u0) / width[b] - _U[0]) * su
         row0 = ((y[b, 0, 0] - v0[b]) / height[b] - _V[0]) * sv
         dcol = np.array([px[b, 1, 0] - px[b, 0, 0], px[b, 0, 1] - px[b, 0, 0]]) / width[b] * su
         drow = np.array([y[b, 1, 0] - y[b, 0, 0], y[b, 0, 1] - y[b, 0, 0]]) / height[b] * sv
-        ndimage.affine_transform(bank[pick[b]], np.stack([drow, dcol]), offset=(row0, col0),
-                                 output=out[b], order=1, mode="constant", cval=0.0)
+        a = np.asarray(np.stack([drow, dcol]), np.float64)
+        t = np.asarray([row0, col0], np.float64)
+        r = np.arange(r0, r1, dtype=np.float64)[:, None]
+        c = np.arange(c0, c1, dtype=np.float64)[None, :]
+        coords = np.stack([(t[k] + r * a[k, 0]) + c * a[k, 1] for k in range(2)])
+        out[b, r0:r1, c0:c1] = ndimage.map_coordinates(bank[pick[b]], coords, output=np.float32,
+                                                       order=1, mode="constant", cval=0.0)
     return out
 
 
 def vessels(d: _Draws, seed: int, fr, pt, lung: np.ndarray) -> np.ndarray:
     """Vessel markings [B, S, S] (unit intensities, already cut to the soft lungs `lung`): for
-    each lung one tree of the seed's bank, placed at the hilum and stretched to the lung."""
+    each lung one tree of the seed's bank, placed at the hilum and stretched to the lung.
+
+    A tree is resampled only where it can show (on its side, inside the soft lungs), and the
+    hilar blobs only on the rows they reach; everywhere else the markings are 0, as the cut to
+    `lung` makes them anyway."""
     hc = pt.hy - 0.6 * pt.v_ext                         # hilar height, as v1's hila
     bank = _tree_bank(seed, fr.S)
     contrast = d.u(*VESSEL)
     marks = fr.zeros()
+    in_lung = lung > 0.0
+    rows = row_band(fr.pose, hc - 0.2, hc + 0.2, fr.S)  # the hilar blobs reach +-0.18 of hc
+    hdy = (fr.Y[:, rows] - _b(hc)) * (1 / 0.13)
+    hdy *= hdy
     for side in (-1, +1):
         f = pt.lungs[side]
         pick = np.floor(d.uniform01(1)[:, 0] * TREES).astype(np.int64)
         width = _b(f["l"] - 0.12) * _b(d.u(0.95, 1.1))
         height = _b(np.maximum(hc - f["yt"], f["yb"] - hc))
-        tree = _place(bank, pick, side * fr.X, fr.Y, 0.12, width[:, 0, 0], hc,
-                      height[:, 0, 0])
-        tree *= side * fr.X > 0.0
+        lateral = fr.px[side]
+        on_side = lateral > 0.0
+        tree = _place(bank, pick, lateral, fr.Y, 0.12, width[:, 0, 0], hc, height[:, 0, 0],
+                      on_side & in_lung)
+        tree *= on_side
         marks += tree
-        hdx = (side * fr.X - 0.2) * (1 / 0.08)
-        hdy = (fr.Y - _b(hc)) * (1 / 0.13)
-        marks += 0.5 * _soft(1.0 - hdx * hdx - hdy * hdy, 1.5)  # hilar vessels
+        hdx = (lateral[:, rows] - 0.2) * (1 / 0.08)
+        marks[:, rows] += 0.5 * _soft(1.0 - hdx * hdx - hdy, 1.5)  # hilar vessels
     marks *= lung
     marks *= _b(contrast)
     return marks
@@ -169,10 +195,15 @@ def soft_tissue(d: _Draws, fr, pt, body: np.ndarray, lung: np.ndarray, img: np.n
     shoulder = d.u(0.04, 0.08)
     mottle = _smooth(d.field(14), fr.S)
     add = fr.zeros()
+    # Breast shadows: an ellipse per side, 0 beyond 1.2 times its half-axes (bw, 0.8 bw), so
+    # only the rows with |Y - by| < 0.4 and the columns with side * X > 0 are computed.
+    rows = row_band(fr.pose, by - 0.4, by + 0.4, fr.S)
+    ey = (fr.Y[:, rows] - _b(by)) * _b(1.0 / (0.8 * bw))
+    ey *= ey
     for side in (-1, +1):
-        ex = (side * fr.X - 0.48) * _b(1.0 / bw)
-        ey = (fr.Y - _b(by)) * _b(1.0 / (0.8 * bw))
-        add += _b(breast) * _soft(1.0 - ex * ex - ey * ey, 0.9)
+        cs = col_band(fr.pose, side, 0.0, fr.S)
+        ex = (fr.px[side][:, rows, cs] - 0.48) * _b(1.0 / bw)
+        add[:, rows, cs] += _b(breast) * _soft(1.0 - ex * ex - ey[..., cs], 0.9)
     top = np.clip(-(fr.Y + 0.35) * (1 / 0.4), 0.0, 1.0)
     lateral = np.clip((fr.absX - 0.5) * (1 / 0.35), 0.0, 1.0)
     add += _b(shoulder) * np.maximum(top, lateral * 0.7)
@@ -200,6 +231,47 @@ def soft_tissue(d: _Draws, fr, pt, body: np.ndarray, lung: np.ndarray, img: np.n
     img += arms * (1.0 - body)
 
 
+@functools.lru_cache(maxsize=16)
+def _linear_taps(n: int, size: int) -> tuple[np.ndarray, ...]:
+    """Linear interpolation from n samples to `size` as `ndimage.zoom(order=1)` does it along
+    one axis (grid_mode False, mode "constant"): output k reads samples i0[k] and i1[k] with
+    weights w0[k] = 1 - x and w1[k] = 1 - w0[k], x the fraction of k (n - 1) / (size - 1), and
+    is 0 where that coordinate lies past the last sample (`outside`). Read-only arrays."""
+    zoom = (n - 1) / (size - 1) if size > 1 else 1.0
+    cc = np.arange(size, dtype=np.float64) * zoom
+    start = np.floor(cc)
+    w0 = 1.0 - (cc - start)
+    i0 = start.astype(np.int64)
+    taps = (i0, np.minimum(i0 + 1, n - 1), w0, 1.0 - w0, cc > n - 1)
+    for a in taps:
+        a.setflags(write=False)
+    return taps
+
+
+def _upsample(low: np.ndarray, size: int) -> np.ndarray:
+    """[B, n, n] float32 -> [B, size, size] float32 by bilinear interpolation, bit for bit
+    `ndimage.zoom(low, (1, size / n, size / n), order=1)` as scipy computes it (a 2x2x2 filter
+    per pixel, half of it with weight 0 along the image axis, adding nothing): each pixel is
+    the float64 sum, from 0 and in the filter's order, of the four taps value x row weight x
+    column weight, then rounded to float32. The row weights are applied on the n-wide rows, so
+    only the column step runs at full size, and none of the generic filter's per-pixel work.
+    """
+    i0, i1, w0, w1, outside = _linear_taps(low.shape[1], size)
+    L = low.astype(np.float64)
+    out = np.zeros((low.shape[0], size, size))     # 0.0 + the first tap, as the C loop starts
+    tap = np.empty_like(out)
+    for ir, wr in ((i0, w0), (i1, w1)):
+        rows = L[:, ir, :]
+        rows *= wr[:, None]
+        for ic, wc in ((i0, w0), (i1, w1)):
+            np.take(rows, ic, axis=2, out=tap)
+            tap *= wc
+            out += tap
+    out[:, outside, :] = 0.0
+    out[:, :, outside] = 0.0
+    return out.astype(np.float32)
+
+
 def exposure(d: _Draws, seed: int, S: int, img: np.ndarray) -> None:
     """Scatter, detector blur and signal-dependent, blurred quantum noise; clips to [0, 1]
     (in place)."""
@@ -208,9 +280,9 @@ def exposure(d: _Draws, seed: int, S: int, img: np.ndarray) -> None:
     small = max(4, S // 8)
     low = ndimage.zoom(img, (1, small / S, small / S), order=1)
     low = ndimage.gaussian_filter(low, sigma=(0, small / 6, small / 6), mode="nearest")
-    veil = ndimage.zoom(low, (1, S / low.shape[1], S / low.shape[2]), order=1)
+    veil = _upsample(low, S)
     img *= 1.0 - _b(scatter)
-    img += _b(scatter) * veil[:, :S, :S]
+    img += _b(scatter) * veil
     sigma = BLUR * S / 224
     if sigma >= 0.3:
         img[...] = ndimage.gaussian_filter(img, sigma=(0, sigma, sigma), mode="nearest")
