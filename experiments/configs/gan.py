@@ -44,8 +44,8 @@ def get_config(variant: str = "quick") -> ml_collections.ConfigDict:
     c.gan = ml_collections.ConfigDict(dict(
         z_anatomy=64, z_pathology=8, g_width=16, d_width=16, guidance_weight=1.0,
         conditional=True,
-        batch_size=32, steps=3600, lr_g=2e-4, lr_d=4e-4, beta1=0.0, beta2=0.9, ema=0.99,
-        checkpoint_every=600, sample_every=1200, sample_rows=4, sample_columns=3))
+        batch_size=32, steps=3000, lr_g=2e-4, lr_d=4e-4, beta1=0.0, beta2=0.9, ema=0.99,
+        checkpoint_every=600, sample_every=1000, sample_rows=4, sample_columns=3))
     # ---- inversion and explanations
     c.num_invert = 16              # held-out positives of the finding inverted and explained
     c.invert_steps = 300           # Adam steps of the inversion (the released code: 5000)
