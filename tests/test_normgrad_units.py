@@ -11,7 +11,7 @@ from jax import lax
 
 from cxr_jax import attribution, models
 from cxr_jax.attribution import normgrad as ng
-from cxr_jax.attribution.common import score_fn
+from cxr_jax.attribution.common import layers_and_grads, score_fn
 from cxr_jax.attribution.postprocess import upsample
 
 S = 64  # layer4 of the tiny ResNets is 2x2 here, layer3 4x4
@@ -159,7 +159,7 @@ def test_outer_products_sum_to_the_kernel_gradient(basic, kernel_grads, point, k
     """Summed over locations, the outer products the weight variant takes norms of are the
     convolution's kernel gradient: the input and output gradient are the conv's own."""
     m, v, x = basic
-    acts, grads, _ = ng.points_and_grads(m, v, x, score_fn(m, T, 2), (point,), inputs=(point,))
+    acts, grads, _ = layers_and_grads(m, v, x, score_fn(m, T, 2), (point,), inputs=(point,))
     patches = _patches(acts[f"{point}.input"], k, stride, pad)
     g = np.asarray(grads[point], np.float64)
     summed = np.einsum("bhwo,bhwi->io", g, patches)  # [k*k*Cin, Cout]

@@ -89,43 +89,53 @@ def check_spatial(a: Array, layer: str) -> None:
 
 
 def layers_and_grads(model: Model, variables: Any, x: Array, score: Callable[[Array], Array],
-                     layers: tuple[str, ...]) -> tuple[dict, dict, Array]:
+                     layers: tuple[str, ...], inputs: tuple[str, ...] = ()
+                     ) -> tuple[dict, dict, Array]:
     """Activations and dScore/dA at several layers from one forward and one backward pass.
 
-    The prefix up to the earliest layer runs forward once (tapping it); the rest runs once with
-    `apply(start=earliest)` where every later layer gets an additive edit `a + d` with d = 0, so
-    the gradient with respect to d is the gradient at that layer.
+    The prefix runs forward once up to the latest stage that every layer lies after (tapping
+    it; a stage layer can be that start itself, a point cannot: its unit must run); the rest
+    runs once with `apply(start=...)` where every other layer gets an additive edit `a + d`
+    with d = 0, so the gradient with respect to d is the gradient at that layer.
 
     Args:
       model, variables: the model and its variables.
       x: images [B, H, W, C].
       score: logits [B, K] -> per-image scores [B].
-      layers: distinct stage names (any order; validated by the caller).
+      layers: distinct stage names or points (`Model.points`; any order; validated by the
+        caller).
+      inputs: points whose convolution inputs ("<point>.input") are wanted too.
     Returns:
-      ({layer: activation}, {layer: gradient}, logits).
+      ({layer or "<point>.input": activation}, {layer: gradient}, logits).
     """
-    order = sorted(set(layers), key=model.stages.index)
-    first, later = order[0], tuple(order[1:])
-    _, acts = model.apply(variables, x, taps=(first,))
-    a0 = acts[first]
-    if later:
-        # Shapes of the later activations, to build the zero edits (no computation).
-        shapes = jax.eval_shape(lambda a: model.apply(variables, a, start=first, taps=later)[1],
-                                a0)
+    points = set(getattr(model, "points", ()))
+
+    def stage_index(name):
+        return model.stages.index(model.point(name)[0].name if name in points else name)
+
+    at = min(stage_index(n) - (n in points) for n in layers)
+    start = model.stages[at] if at >= 0 else None
+    a0 = x if start is None else model.apply(variables, x, taps=(start,))[1][start]
+    edited = tuple(n for n in layers if n != start)
+    taps = edited + tuple(f"{p}.input" for p in inputs)
+    if edited:
+        # Shapes of the edited activations, to build the zero edits (no computation).
+        shapes = jax.eval_shape(
+            lambda a: model.apply(variables, a, start=start, taps=edited)[1], a0)
         zeros = {name: jnp.zeros(s.shape, s.dtype) for name, s in shapes.items()}
     else:
         zeros = {}
 
     def total(a0, deltas):
-        edits = {name: (lambda d: lambda a: a + d)(deltas[name]) for name in later}
-        out = model.apply(variables, a0, start=first, edits=edits, taps=later)
-        logits, taps = out if later else (out, {})
-        return jnp.sum(score(logits).astype(jnp.float32)), (logits, taps)
+        edits = {name: (lambda d: lambda a: a + d)(deltas[name]) for name in edited}
+        out = model.apply(variables, a0, start=start, edits=edits, taps=taps)
+        logits, acts = out if taps else (out, {})
+        return jnp.sum(score(logits).astype(jnp.float32)), (logits, acts)
 
-    (g0, gl), (logits, taps) = jax.grad(total, argnums=(0, 1), has_aux=True)(a0, zeros)
-    out_acts = {first: a0, **taps}
-    out_grads = {first: g0, **gl}
-    return out_acts, out_grads, logits
+    (g0, grads), (logits, acts) = jax.grad(total, argnums=(0, 1), has_aux=True)(a0, zeros)
+    if start in layers:
+        acts, grads = {start: a0, **acts}, {start: g0, **grads}
+    return acts, grads, logits
 
 
 def chunked_sum(f: Callable[[Any], Any], xs: Any, chunk: int) -> Any:

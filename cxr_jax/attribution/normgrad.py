@@ -33,8 +33,8 @@ Summed over locations, g_u P_u^T is exactly the gradient of the convolution's ke
 Several layers combine as in the CXR seed (Ozer & Oksuz 2021): each layer's map is upsampled to
 the input size and min-max normalised, then the maps are multiplied (optionally a weighted
 geometric product prod_l m_l^{w_l}, or a weighted sum sum_l w_l m_l). All layers' activations
-and gradients come from one forward and one backward pass (`common.layers_and_grads`, or, with
-points, additive zero edits at the points). The layers the reference combines are unit outputs,
+and gradients come from one forward and one backward pass (`common.layers_and_grads`, which
+puts additive zero edits at stages and points alike). The layers the reference combines are unit outputs,
 not convolutions: Rebuffi et al.'s ResNet-50 code hooks the modules layer2.0, layer3.0, layer4.0
 and layer4 (after the first, second and third downsampling and before the pooling), the CXR seed
 uses layer2.0, layer3.0, layer4.0, layer4.2 on ResNet-34 — pass those stage names. No published
@@ -209,58 +209,6 @@ def _resolve(model, name) -> str:
         raise
 
 
-def _stage_index(model, name: str) -> int:
-    if name in model.stages:
-        return model.stages.index(name)
-    stage, _ = model.point(name)
-    return model.stages.index(stage.name)
-
-
-def points_and_grads(model, variables, x, score, names: tuple[str, ...],
-                     inputs: tuple[str, ...] = ()) -> tuple[dict, dict, Array]:
-    """Activations and dScore/dA at stages and points from one forward and one backward pass.
-
-    The prefix runs forward once up to the latest stage every name lies after (a stage can be
-    that start itself, a point cannot: its unit must run); the rest runs once with an additive
-    zero edit `a + d` at every other name, so the gradient with respect to d is the gradient
-    there (`common.layers_and_grads` when there are no points).
-
-    Args:
-      model, variables: the model and its variables.
-      x: images [B, H, W, C].
-      score: logits [B, K] -> per-image scores [B].
-      names: distinct stage and point names.
-      inputs: points whose inputs ("<point>.input") are wanted too.
-    Returns:
-      ({name or "<point>.input": activation}, {name: gradient}, logits).
-    """
-    points = set(_points(model))
-    if not points.intersection(names):
-        return layers_and_grads(model, variables, x, score, names)
-    start_at = min(_stage_index(model, n) - (n in points) for n in names)
-    start = model.stages[start_at] if start_at >= 0 else None
-    if start is None:
-        a0 = x
-    else:
-        _, acts = model.apply(variables, x, taps=(start,))
-        a0 = acts[start]
-    edited = tuple(n for n in names if n != start)
-    extra = tuple(f"{p}.input" for p in inputs)
-    shapes = jax.eval_shape(
-        lambda a: model.apply(variables, a, start=start, taps=edited)[1], a0)
-    zeros = {n: jnp.zeros(s.shape, s.dtype) for n, s in shapes.items()}
-
-    def total(a0, deltas):
-        edits = {n: (lambda d: lambda a: a + d)(deltas[n]) for n in edited}
-        logits, taps = model.apply(variables, a0, start=start, edits=edits, taps=edited + extra)
-        return jnp.sum(score(logits).astype(jnp.float32)), (logits, taps)
-
-    (g0, grads), (logits, taps) = jax.grad(total, argnums=(0, 1), has_aux=True)(a0, zeros)
-    if start in names:
-        taps, grads = {start: a0, **taps}, {start: g0, **grads}
-    return taps, grads, logits
-
-
 @register("normgrad", layer="explain")
 def normgrad(model, variables, x, targets, *, layer: str | Sequence[str] | None = None,
              key=None, variant: str = "conv1x1", weights: Sequence[float] | None = None,
@@ -310,7 +258,7 @@ def normgrad(model, variables, x, targets, *, layer: str | Sequence[str] | None 
             f"inside units (e.g. {(_points(model) or ('layer4.1.conv2',))[-1]!r}; "
             f"model.points lists them), not the stage(s) {stages}.")
     inputs = layers if variant in POINT_VARIANTS else ()
-    acts, grads, _ = points_and_grads(model, variables, x, score, layers, inputs)
+    acts, grads, _ = layers_and_grads(model, variables, x, score, layers, inputs)
     size = x.shape[1:3]
     maps = []
     for name in layers:  # a handful of layers, not a hot loop
