@@ -113,6 +113,23 @@ def test_integrated_gradients_completeness_tiny_model(tiny):
     np.testing.assert_allclose(np.asarray(ig).sum((1, 2)), delta, rtol=0.01)
 
 
+def test_integrated_gradients_equals_the_riemann_sum_for_every_chunking(tiny):
+    # Path points are folded into the batch in chunks (with a remainder for chunk=3): every
+    # chunking must give sum_k w_k (x - b) dy/dx(b + a_k (x - b)) computed point by point.
+    m, v, x = tiny
+    t = jnp.array([0, 1, 2])
+    base = 0.3 * x[::-1]
+    alphas, weights = gradients.riemann_nodes("trapezoid", 6)
+    score = lambda logits: logits[jnp.arange(3), t]
+    expected = sum(w * jax.grad(lambda p: jnp.sum(score(m.apply(v, p))))(base + a * (x - base))
+                   for a, w in zip(alphas, weights))
+    expected = np.asarray(jnp.sum((x - base) * expected, axis=-1))
+    for chunk in (1, 3, 7):
+        ig = attribution.get("integrated_gradients")(m, v, x, t, steps=6, rule="trapezoid",
+                                                     baseline=base, chunk=chunk)
+        np.testing.assert_allclose(ig, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
 def test_guided_backprop_rule_on_analytic_relu_network():
     rng = np.random.default_rng(1)
     d, j = 4 * 4, 6

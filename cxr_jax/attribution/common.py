@@ -78,6 +78,27 @@ def input_grad(model: Model, variables: Any, x: Array, score: Callable[[Array], 
     return jax.grad(lambda x: jnp.sum(score(model.apply(variables, x)).astype(jnp.float32)))(x)
 
 
+def weighted_input_grad(model: Model, variables: Any, xs: Array, weights: Array,
+                        score: Callable[[Array], Array]) -> Array:
+    """sum_k w_k dScore/dx at xs[k] for c versions xs [c, B, H, W, C] of one batch, float32
+    [B, H, W, C].
+
+    The c versions are folded into the batch axis of one model call (c * B images) and the
+    scores unfolded after it, rather than vmapped over c: on XLA:CPU a vmapped network call
+    turns its 1x1 convolutions into batched matrix products and runs about 20% slower
+    (DenseNet-121, 224 px, c = 2, B = 8: 2.37 F per version vmapped, 1.94 F folded).
+    """
+    c, b = xs.shape[:2]
+
+    def total(flat):
+        logits = model.apply(variables, flat)
+        per = jax.vmap(score)(logits.reshape((c, b) + logits.shape[1:]))  # [c, B]
+        return jnp.sum(per.astype(jnp.float32) * weights[:, None].astype(jnp.float32))
+
+    g = jax.grad(total)(xs.reshape((c * b,) + xs.shape[2:]))
+    return jnp.sum(g.reshape(xs.shape).astype(jnp.float32), axis=0)
+
+
 def check_spatial(a: Array, layer: str) -> None:
     """Raises ValueError unless the activation at `layer` is a spatial map [B, h, w, C]."""
     shape = getattr(a, "shape", None)
@@ -152,17 +173,25 @@ def chunked_sum(f: Callable[[Any], Any], xs: Any, chunk: int) -> Any:
     Returns:
       The pytree sum over items (dtypes as `f` returns them).
     """
+    vf = jax.vmap(f)
+    return chunked_reduce(
+        lambda xc: jax.tree_util.tree_map(lambda y: jnp.sum(y, axis=0), vf(xc)), xs, chunk)
+
+
+def chunked_reduce(part_sum: Callable[[Any], Any], xs: Any, chunk: int) -> Any:
+    """The sum of `part_sum(xs[i:i + c])` over consecutive chunks of the leading axis.
+
+    `chunked_sum` without the vmap: `part_sum` takes a chunk (leading axis c <= chunk) and
+    returns the sum over its items itself, e.g. with the items folded into one batch
+    (`weighted_input_grad`). A `lax.scan` over the full chunks keeps one running sum; a last,
+    smaller call takes the remainder.
+    """
     n = jax.tree_util.tree_leaves(xs)[0].shape[0]
     if not isinstance(chunk, (int, np.integer)) or chunk < 1:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}.")
     c = int(min(chunk, n))
     full, rem = divmod(n, c)
-    vf = jax.vmap(f)
-
-    def part_sum(xc):
-        return jax.tree_util.tree_map(lambda y: jnp.sum(y, axis=0), vf(xc))
-
-    out_shape = jax.eval_shape(f, jax.tree_util.tree_map(lambda a: a[0], xs))
+    out_shape = jax.eval_shape(part_sum, jax.tree_util.tree_map(lambda a: a[:c], xs))
     acc = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
     if full:
         head = jax.tree_util.tree_map(

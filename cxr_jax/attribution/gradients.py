@@ -25,8 +25,8 @@ import numpy as np
 
 from cxr_jax.attribution import registry
 from cxr_jax.attribution.registry import register
-from cxr_jax.attribution.common import (auto_chunk, check_images, chunked_sum, input_grad,
-                                        score_fn)
+from cxr_jax.attribution.common import (auto_chunk, check_images, chunked_reduce, chunked_sum,
+                                        input_grad, score_fn, weighted_input_grad)
 
 Array = jax.Array
 
@@ -210,8 +210,9 @@ def integrated_gradients(model, variables, x, targets, *, layer=None, key=None,
     (METHODS.md's alpha_k = k/m is rule="right"). Completeness: the map sums to
     y_c(x) - y_c(b) up to the quadrature error (O(1/m^2) for midpoint and trapezoid).
 
-    The m path points are evaluated `chunk` at a time (a vmapped batch of chunk * B images)
-    inside a `lax.scan` that keeps one running sum, so memory does not grow with m.
+    The m path points are evaluated `chunk` at a time (folded into one batch of chunk * B
+    images, `common.weighted_input_grad`) inside a `lax.scan` that keeps one running sum, so
+    memory does not grow with m.
     Performance note: XLA:CPU runs the input-gradient convolutions of jax's transpose rule on
     a slow generic path when they sit inside a loop body (jax issue #12868); models whose
     convolutions use an explicit-transpose VJP avoid it (about 2 F per path point instead of
@@ -238,12 +239,13 @@ def integrated_gradients(model, variables, x, targets, *, layer=None, key=None,
     alphas, weights = riemann_nodes(rule, steps)
     delta = x - b
 
-    def weighted_grad(aw):
+    def weighted_grads(aw):  # a chunk of path points, folded into one batch
         alpha, w = aw
-        return w * input_grad(model, variables, b + alpha * delta, score)
+        points = b[None] + alpha[:, None, None, None, None] * delta[None]
+        return weighted_input_grad(model, variables, points, w, score)
 
-    avg = chunked_sum(weighted_grad, (jnp.asarray(alphas), jnp.asarray(weights)),
-                      auto_chunk(chunk, x.shape[0]))
+    avg = chunked_reduce(weighted_grads, (jnp.asarray(alphas), jnp.asarray(weights)),
+                         auto_chunk(chunk, x.shape[0]))
     return jnp.sum(delta * avg, axis=-1)
 
 
