@@ -193,3 +193,31 @@ def test_a_method_giving_nan_maps_scores_nan_not_hits(tmp_path):
                for r in rows)
     assert math.isnan(out["pointing_game"]["gradient"])
     assert out["pointing_game"]["centre"] == 1.0
+
+
+def test_scores_on_eight_devices_equal_one_device():
+    # The batch sharded over 8 devices (5 images padded to 8) gives the metrics of one device,
+    # for a deterministic method, a stochastic one (same keys) and the model-querying metrics.
+    from cxr_jax.common import sharding
+    assert jax.device_count() == 8
+    model = models.get("resnet_tiny", num_classes=2)
+    images, masks, _ = _toy(n=5)
+    variables = model.init(jax.random.key(0), images[:1])
+    spec = evaluation.Spec(
+        methods={"gradient": ("gradient", {}), "gradcam": ("gradcam", {}),
+                 "smoothgrad": ("smoothgrad", {"n": 3})},
+        tolerance=2.0, batch_size=5, pixels_per_step=64, sensitivity_num_n=3,
+        sensitivity_masks=2)
+    t, key = np.array([0, 1, 0, 1, 1]), jax.random.key(3)
+    one = evaluation.Scorer(model, spec, mesh=sharding.make_mesh(jax.devices()[:1]))
+    eight = evaluation.Scorer(model, spec)
+    assert (one.rows, eight.rows) == (5, 8)
+    a = one.score(variables, images, masks[:, 0], t, key)
+    b = eight.score(variables, images, masks[:, 0], t, key)
+    assert a.keys() == b.keys() and set(a["gradcam"]) >= {"insertion", "sensitivity_n", "box"}
+    for method in a:
+        for metric in a[method]:
+            assert len(b[method][metric]) == 5, (method, metric)
+            np.testing.assert_allclose(np.asarray(a[method][metric], float),
+                                       np.asarray(b[method][metric], float),
+                                       rtol=1e-4, atol=1e-5, err_msg=f"{method} {metric}")

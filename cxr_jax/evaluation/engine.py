@@ -25,8 +25,10 @@ from typing import Any, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from cxr_jax import attribution, metrics
+from cxr_jax.common import sharding
 from cxr_jax.common.files import write_json
 from cxr_jax.common.progress import progress as progress_bar
 from cxr_jax.common.targets import pick
@@ -70,11 +72,19 @@ class Spec:
 
 
 class Scorer:
-    """Jitted explainers and metric functions for one model; reused across batches and runs."""
+    """Jitted explainers and metric functions for one model; reused across batches and runs.
 
-    def __init__(self, model, spec: Spec):
+    Each batch is sharded over `mesh` (default: every device), the variables replicated; the
+    methods and metrics are the same pure functions, partitioned by `jax.jit`. `rows` is the
+    batch size rounded up to a multiple of the device count: `run` pads every batch to it.
+    """
+
+    def __init__(self, model, spec: Spec, mesh: Mesh | None = None):
         self.model = model
         self.spec = spec
+        self.mesh = mesh if mesh is not None else sharding.make_mesh()
+        self.rows = sharding.local_rows(spec.batch_size, self.mesh)
+        self._replicated = (None, None)
         self.seconds = {"explanation": 0.0, "metrics": 0.0}  # wall time spent, compiles included
         self.explain = {}
         for out_name, (method, hp) in spec.methods.items():
@@ -111,8 +121,16 @@ class Scorer:
         every method's maps first, then the metrics (the model-querying ones of all methods
         in one call)."""
         spec = self.spec
-        x = jnp.asarray(x)
-        t = jnp.asarray(targets, jnp.int32)
+        n = len(x)
+        targets = np.broadcast_to(np.asarray(targets), (n,))
+        if not 1 <= n <= self.rows:
+            raise ValueError(f"Expected 1 to {self.rows} images (Scorer.rows), got {n}.")
+        if n < self.rows:  # repeat the last image: one compiled shape; its rows are dropped
+            x, masks, targets = (np.concatenate([a, np.repeat(a[-1:], self.rows - n, axis=0)])
+                                 for a in (np.asarray(x), np.asarray(masks), targets))
+        variables = self._replicate(variables)
+        x, t, masks_dev = sharding.shard_batch(
+            (np.asarray(x), np.asarray(targets, np.int32), np.asarray(masks)), self.mesh)
         gt_boxes = np.stack([metrics.mask_box(m) for m in masks])
         out = {"centre": {"pointing_game": np.asarray(
             metrics.pointing_game_centre(masks, tolerance=spec.tolerance))}}
@@ -125,35 +143,42 @@ class Scorer:
         faith = None
         if spec.faithfulness and raws:
             sals = jnp.stack([jnp.nan_to_num(r) for r in raws.values()])
-            faith = [np.asarray(a) for a in self._faith(variables, x, sals, t)]
+            faith = sharding.gather(self._faith(variables, x, sals, t))
         for i, name in enumerate(raws):
             curves = None if faith is None else (faith[0][i], faith[1][i])
-            out[name] = self._score_maps(variables, x, masks, t, keys[name], raws[name],
-                                         gt_boxes, curves)
+            out[name] = self._score_maps(variables, x, masks, masks_dev, t, keys[name],
+                                         raws[name], gt_boxes, curves)
         self.seconds["explanation"] += mid - start
         self.seconds["metrics"] += time.perf_counter() - mid
-        return out
+        return {method: {m: v[:n] for m, v in vals.items()} for method, vals in out.items()}
 
-    def _score_maps(self, variables, x, masks, t, k, raw, gt_boxes, curves
+    def _replicate(self, variables):
+        """The variables on every device of the mesh (placed once per variables object)."""
+        if self._replicated[0] is not variables:
+            self._replicated = (variables, sharding.replicate(variables, self.mesh))
+        return self._replicated[1]
+
+    def _score_maps(self, variables, x, masks, masks_dev, t, k, raw, gt_boxes, curves
                     ) -> dict[str, np.ndarray]:
         """Every metric of one method's maps (`curves`: its insertion and deletion AUC, or
-        None); images whose map holds NaN score NaN."""
+        None); images whose map holds NaN score NaN. `masks` on the host, `masks_dev` the same
+        sharded like the batch."""
         spec = self.spec
-        nan_map = np.asarray(jnp.any(jnp.isnan(raw), axis=(1, 2)))
         sal = jnp.nan_to_num(raw)
-        sal_np = np.asarray(sal)
+        nan_map, sal_np, pg = sharding.gather(
+            (jnp.any(jnp.isnan(raw), axis=(1, 2)), sal, self._pg(raw, masks_dev)))
         boxes = np.stack([metrics.boxes_from_saliency(s) for s in sal_np])
         res = {
-            "pointing_game": np.asarray(self._pg(raw, jnp.asarray(masks))),
+            "pointing_game": pg,
             "box_iou": np.asarray(metrics.box_iou(boxes, gt_boxes)),
             "ehr": np.asarray(metrics.effective_heat_ratio(sal_np, masks)),
             "box": boxes,
-            "peak": np.asarray(metrics.saliency_peaks(sal)),
+            "peak": np.asarray(metrics.saliency_peaks(sal_np)),
         }
         if curves is not None:
             res["insertion"], res["deletion"] = curves
         if spec.sensitivity_num_n > 0 and spec.sensitivity_masks > 0:
-            res["sensitivity_n"] = np.asarray(self._sens(variables, x, sal, t, k))
+            res["sensitivity_n"] = sharding.gather(self._sens(variables, x, sal, t, k))
         if nan_map.any():
             for metric in METRICS:
                 if metric in res:
@@ -255,12 +280,10 @@ def run(workdir: str, model, variables, images: np.ndarray, masks: np.ndarray,
     _end_cut_line(path)
     with open(path, "a") as f:
         for k, name, batch in work:
-            # Pad to the batch size (repeat the last image) so every call has one shape.
-            pad = np.concatenate([batch, np.repeat(batch[-1:], spec.batch_size - len(batch))])
-            try:
-                res = scorer.score(variables, images[pad], masks[pad, k],
-                                   np.full(len(pad), k), jax.random.fold_in(key, k * 100003
-                                                                            + int(batch[0])))
+            try:  # (the scorer pads a short batch to its rows)
+                res = scorer.score(variables, images[batch], masks[batch, k],
+                                   np.full(len(batch), k), jax.random.fold_in(key, k * 100003
+                                                                              + int(batch[0])))
             except Exception as err:  # one failing batch is reported, the run goes on
                 logging.error("Batch of %s (images %s) failed: %s\n%s", name, batch.tolist(),
                               err, traceback.format_exc())

@@ -84,7 +84,7 @@ from cxr_jax.data.loader import ArraySource, make_loader
 from cxr_jax.generative.models import (SPECTRAL, Discriminator, Generator, XRV_SCALE,
                                        check_image_size, sample_latents, to_hu)
 from cxr_jax.training.checkpoint import Checkpointer
-from cxr_jax.training.steps import make_mesh, replicate, shard_batch
+from cxr_jax.common.sharding import make_mesh, replicate, shard_batch
 
 Array = jax.Array
 _INIT_OPTIONS = {"xla_backend_optimization_level": 0}  # initialisers run once: compile fast

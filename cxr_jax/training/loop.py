@@ -27,8 +27,9 @@ from cxr_jax.data import datasets
 from cxr_jax.data.loader import make_loader
 from cxr_jax.data.photo.augment import PhotoAugment
 from cxr_jax.training.checkpoint import Checkpointer
-from cxr_jax.training.steps import (TrainState, create_state, make_eval_step, make_mesh,
-                                    make_optimizer, make_train_step, replicate, shard_batch)
+from cxr_jax.common.sharding import make_mesh, replicate, shard_batch
+from cxr_jax.training.steps import (TrainState, create_state, make_eval_step, make_optimizer,
+                                    make_train_step)
 
 
 def build_model(config, num_classes: int) -> models.Model:

@@ -12,9 +12,7 @@ from typing import Any, Callable
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cxr_jax.models import Model
 
@@ -173,32 +171,3 @@ def make_eval_step(model: Model, *, loss: str) -> Callable:
     return step
 
 
-# --------------------------------------------------------------------------- sharding
-def make_mesh(devices=None) -> Mesh:
-    """A one-axis ("data") mesh over all devices (every host's)."""
-    devices = np.asarray(devices if devices is not None else jax.devices())
-    return Mesh(devices.reshape(-1), ("data",))
-
-
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places a pytree on every device of the mesh (parameters, optimizer state)."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
-
-
-def shard_batch(batch: Any, mesh: Mesh) -> Any:
-    """Turns this process's numpy batch into global arrays sharded on the batch axis.
-
-    Each process passes its own rows (the loader shards by process); the leading axis must be
-    divisible by the number of local devices.
-    """
-    sharding = NamedSharding(mesh, P("data"))
-    n = len(mesh.local_devices)
-
-    def put(a):
-        a = np.asarray(a)
-        if a.shape[0] % n:
-            raise ValueError(f"Batch of {a.shape[0]} rows does not split over {n} local devices;"
-                             " choose a batch size divisible by the device count.")
-        return jax.make_array_from_process_local_data(sharding, a)
-
-    return jax.tree_util.tree_map(put, batch)
