@@ -54,21 +54,31 @@ def keep_freed_memory() -> bool:
 
 
 def setup(*, compilation_cache: str | None = DEFAULT_CACHE, multihost: bool = False,
-          keep_freed: bool = True) -> None:
+          keep_freed: bool = True, coordinator_address: str | None = None,
+          num_processes: int | None = None, process_id: int | None = None) -> None:
     """Prepares this process for an experiment.
 
     Args:
       compilation_cache: folder of JAX's persistent compilation cache, so a second run does not
         compile again; None or "" turns it off.
-      multihost: call `jax.distributed.initialize()` first (TPU pods, multi-node GPU); each
-        process then reads its own shard of the data and process 0 writes results.
+      multihost: call `jax.distributed.initialize()` first (TPU pods, multi-node GPU, several
+        CPU processes); each process then reads its own shard of the data and process 0 writes
+        results. On CPU the processes' collectives go through gloo.
       keep_freed: apply `keep_freed_memory()` (glibc keeps freed memory for reuse).
+      coordinator_address, num_processes, process_id: passed to `jax.distributed.initialize`
+        where the cluster does not tell JAX itself (TPU VMs and SLURM do; a set of processes
+        on one machine or hosts you started by hand do not): "host:port" of process 0, the
+        number of processes, and this process's index.
     """
     global _allocator_tuned
     if keep_freed:
         _allocator_tuned = keep_freed_memory()
     if multihost:
-        jax.distributed.initialize()
+        # Cross-process collectives of the CPU backend (no effect on GPU/TPU devices).
+        if jax.config.jax_cpu_collectives_implementation is None:
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=coordinator_address or None,
+                                   num_processes=num_processes, process_id=process_id)
     if compilation_cache:
         os.makedirs(compilation_cache, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", compilation_cache)

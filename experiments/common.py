@@ -1,6 +1,7 @@
 """Flags every experiment script shares, and the process set-up they drive.
 
-Importing this module defines --compilation_cache, --multihost and --keep_freed_memory; the
+Importing this module defines --compilation_cache, --multihost (with
+--coordinator_address, --num_processes, --process_id) and --keep_freed_memory; the
 library itself defines no flags (it takes these values as arguments: `cxr_jax.runtime.setup`).
 """
 
@@ -16,6 +17,14 @@ MULTIHOST = flags.DEFINE_bool(
     "multihost", False,
     "Call jax.distributed.initialize() first (TPU pods, multi-node GPU); each process then reads "
     "its own shard of the data and process 0 writes results.")
+COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "",
+    "With --multihost where the cluster does not tell JAX (processes started by hand, several "
+    "CPU processes on one machine): host:port of process 0.")
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                     "With --multihost: the number of processes (see above).")
+PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                  "With --multihost: this process's index (see above).")
 KEEP_FREED_MEMORY = flags.DEFINE_bool(
     "keep_freed_memory", True,
     "Tell glibc's malloc to keep freed memory for reuse instead of returning it to the OS "
@@ -30,4 +39,5 @@ def setup() -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     runtime.setup(compilation_cache=COMPILATION_CACHE.value, multihost=MULTIHOST.value,
-                  keep_freed=KEEP_FREED_MEMORY.value)
+                  keep_freed=KEEP_FREED_MEMORY.value, coordinator_address=COORDINATOR.value,
+                  num_processes=NUM_PROCESSES.value, process_id=PROCESS_ID.value)

@@ -129,6 +129,34 @@ def test_loader_is_deterministic_and_resumes_from_state():
     assert not np.array_equal(epoch, np.arange(40))
 
 
+def test_process_slices_of_global_batches_equal_the_one_process_batches():
+    # Two processes' loaders (global batch 6 = 2 x 3) put side by side give the one-process
+    # batches of 6, across an epoch boundary, and each row keeps its random draw.
+    import grain.python as grain
+    from cxr_jax.data.loader import BatchSliceSampler
+
+    class Draw(grain.RandomMapTransform):
+        def random_map(self, row, rng):
+            return {**row, "u": rng.integers(1 << 30)}
+
+    src = ArraySource({"x": np.arange(20)})
+
+    def loader(batch, index=None):
+        base = grain.IndexSampler(20, shard_options=grain.NoSharding(), shuffle=True,
+                                  num_epochs=None, seed=5)
+        sampler = base if index is None else BatchSliceSampler(base, batch, index, 2)
+        return iter(grain.DataLoader(data_source=src, sampler=sampler,
+                                     operations=[Draw(), grain.Batch(batch)]))
+
+    one, p0, p1 = loader(6), loader(3, 0), loader(3, 1)
+    for _ in range(8):  # 48 rows: more than two epochs of 20
+        a, b, c = next(one), next(p0), next(p1)
+        for k in ("x", "u"):
+            np.testing.assert_array_equal(a[k], np.concatenate([b[k], c[k]]))
+    with pytest.raises(ValueError, match="process index"):
+        BatchSliceSampler(None, 3, 2, 2)
+
+
 def _train(workdir, cache, *extra):
     # The three runs share a persistent compilation cache: later runs skip compilation.
     cmd = [sys.executable, "-m", "experiments.train", f"--workdir={workdir}",

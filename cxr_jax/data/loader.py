@@ -1,8 +1,9 @@
 """Grain loading: one code path for phantoms and real records.
 
 A source is random access (`len`, `[i]` -> dict of numpy arrays). `make_loader` wraps it in a
-Grain `DataLoader` with an `IndexSampler` that shuffles deterministically by seed and shards by
-JAX process, so each host of a pod reads only its own rows. The loader's iterator state
+Grain `DataLoader` with an `IndexSampler` that shuffles deterministically by seed; with several
+JAX processes each reads only its slice of every global batch (`BatchSliceSampler`), so each
+host of a pod reads only its own rows and the global batches do not depend on the layout. The loader's iterator state
 (`it.get_state()` / `it.set_state()`) is saved with training checkpoints, so a resumed run sees
 exactly the batches an uninterrupted run would have seen.
 """
@@ -13,6 +14,7 @@ import logging
 from typing import Any, Mapping, Sequence
 
 import grain.python as grain
+import jax
 import numpy as np
 
 
@@ -90,18 +92,58 @@ def make_loader(source: grain.RandomAccessDataSource, *, batch_size: int, seed: 
       num_epochs: None repeats forever (training); 1 for one pass (evaluation).
       drop_remainder: drop a last partial batch (keeps shapes static for jit).
       worker_count: Grain worker processes (0 = in-process).
-      shard_by_process: each JAX process reads a disjoint shard.
+      shard_by_process: with several JAX processes, each reads only its slice of every global
+        batch (`BatchSliceSampler`), so the global batches, and the random transforms' draws,
+        are those of a single process whatever the number of processes.
       transforms: Grain map transforms applied to each row before batching (random ones get a
         generator per row from the sampler's seed: deterministic and resumable), e.g.
         `cxr_jax.data.photo.PhotoAugment`.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    shard = (grain.ShardByJaxProcess(drop_remainder=True) if shard_by_process
-             else grain.NoSharding())
-    sampler = grain.IndexSampler(len(source), shard_options=shard, shuffle=shuffle,
+    sampler = grain.IndexSampler(len(source), shard_options=grain.NoSharding(), shuffle=shuffle,
                                  num_epochs=num_epochs, seed=seed)
+    if shard_by_process and jax.process_count() > 1:
+        sampler = BatchSliceSampler(sampler, batch_size, jax.process_index(), jax.process_count())
     return grain.DataLoader(data_source=source, sampler=sampler,
                             operations=[*transforms,
                                         grain.Batch(batch_size, drop_remainder=drop_remainder)],
                             worker_count=worker_count)
+
+
+class BatchSliceSampler:
+    """Process `index` of `count`'s rows of the global batches of a one-process sampler.
+
+    The global order is `base`'s (one process's order). Global batch s holds base positions
+    [s B, (s + 1) B) with B = `batch_size` x `count`; this process reads positions
+    [s B + index b, s B + (index + 1) b), b = `batch_size`, so the processes' batches put side by
+    side (process 0 first, as a mesh over all devices orders them) are exactly the one-process
+    batches, and each record keeps the random generator it has there. A Grain sampler: local
+    position j -> `RecordMetadata(index=j, record_key=..., rng=...)`.
+    """
+
+    _shard_options = grain.NoSharding()  # the DataLoader must not shard again
+
+    def __init__(self, base, batch_size: int, index: int, count: int):
+        if not 0 <= index < count:
+            raise ValueError(f"process index {index} is not in [0, {count}).")
+        self._base, self._b, self._p, self._n = base, int(batch_size), int(index), int(count)
+
+    def _global(self, j: int) -> int:
+        s, r = divmod(int(j), self._b)
+        return s * self._b * self._n + self._p * self._b + r
+
+    def __len__(self) -> int:
+        total = len(self._base)
+        full, rem = divmod(total, self._b * self._n)
+        return full * self._b + min(self._b, max(0, rem - self._p * self._b))
+
+    def __getitem__(self, j: int):
+        if j < 0 or j >= len(self):
+            raise IndexError(f"index {j} is out of bounds for this process's {len(self)} rows.")
+        md = self._base[self._global(j)]
+        return grain.RecordMetadata(index=j, record_key=md.record_key, rng=md.rng)
+
+    def __repr__(self) -> str:
+        return (f"BatchSliceSampler({self._base!r}, batch_size={self._b}, index={self._p}, "
+                f"count={self._n})")

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from cxr_jax import attribution, metrics
+from cxr_jax import attribution, metrics, runtime
 from cxr_jax.common import sharding
 from cxr_jax.common.files import write_json
 from cxr_jax.common.progress import progress as progress_bar
@@ -74,16 +74,19 @@ class Spec:
 class Scorer:
     """Jitted explainers and metric functions for one model; reused across batches and runs.
 
-    Each batch is sharded over `mesh` (default: every device), the variables replicated; the
-    methods and metrics are the same pure functions, partitioned by `jax.jit`. `rows` is the
-    batch size rounded up to a multiple of the device count: `run` pads every batch to it.
+    Each batch is sharded over `mesh` (default: every device of every process), the variables
+    replicated; the methods and metrics are the same pure functions, partitioned by `jax.jit`.
+    `rows` is the batch size rounded up to a multiple of the device count; `score` pads a
+    shorter batch to it. With several processes, each passes the same batch and puts only its
+    slice of the rows on its devices; every process gets every row's scores back.
     """
 
     def __init__(self, model, spec: Spec, mesh: Mesh | None = None):
         self.model = model
         self.spec = spec
         self.mesh = mesh if mesh is not None else sharding.make_mesh()
-        self.rows = sharding.local_rows(spec.batch_size, self.mesh)
+        procs = jax.process_count()
+        self.rows = sharding.local_rows(-(-spec.batch_size // procs), self.mesh) * procs
         self._replicated = (None, None)
         self.seconds = {"explanation": 0.0, "metrics": 0.0}  # wall time spent, compiles included
         self.explain = {}
@@ -129,8 +132,11 @@ class Scorer:
             x, masks, targets = (np.concatenate([a, np.repeat(a[-1:], self.rows - n, axis=0)])
                                  for a in (np.asarray(x), np.asarray(masks), targets))
         variables = self._replicate(variables)
+        local = self.rows // jax.process_count()
+        mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
         x, t, masks_dev = sharding.shard_batch(
-            (np.asarray(x), np.asarray(targets, np.int32), np.asarray(masks)), self.mesh)
+            (np.asarray(x)[mine], np.asarray(targets, np.int32)[mine], np.asarray(masks)[mine]),
+            self.mesh)
         gt_boxes = np.stack([metrics.mask_box(m) for m in masks])
         out = {"centre": {"pointing_game": np.asarray(
             metrics.pointing_game_centre(masks, tolerance=spec.tolerance))}}
@@ -251,7 +257,10 @@ def run(workdir: str, model, variables, images: np.ndarray, masks: np.ndarray,
     """Explains and scores every (positive image, finding) pair; resumable.
 
     Args:
-      workdir: output folder; `per_image.jsonl` is appended to as batches finish.
+      workdir: output folder; `per_image.jsonl` is appended to as batches finish. With
+        several processes every process computes every batch (each on its own devices' rows)
+        and process 0 writes; resuming then needs the folder on a filesystem all processes
+        read, as orbax checkpoints do.
       model, variables: the classifier.
       images: [N, H, W, C].
       masks: [N, K, H, W] bool ground-truth regions per finding.
@@ -277,8 +286,10 @@ def run(workdir: str, model, variables, images: np.ndarray, masks: np.ndarray,
     work = _work(finite, masks, labels, finding_names, spec, require_mask, set(rows))
     bar = progress_bar(len(work), desc="explain+score", unit="batch") if progress and work \
         else None
-    _end_cut_line(path)
-    with open(path, "a") as f:
+    writer = runtime.is_writer()  # with several processes, process 0 writes
+    if writer:
+        _end_cut_line(path)
+    with open(path if writer else os.devnull, "a") as f:
         for k, name, batch in work:
             try:  # (the scorer pads a short batch to its rows)
                 res = scorer.score(variables, images[batch], masks[batch, k],
@@ -303,5 +314,6 @@ def run(workdir: str, model, variables, images: np.ndarray, masks: np.ndarray,
         bar.close()
     summary = summarise(list(rows.values()), finding_names, ["centre"] + list(spec.methods))
     summary["skipped"] = skipped
-    write_json(os.path.join(workdir, "evaluation.json"), summary)
+    if writer:
+        write_json(os.path.join(workdir, "evaluation.json"), summary)
     return summary

@@ -27,6 +27,7 @@ from cxr_jax.data import datasets
 from cxr_jax.data.loader import make_loader
 from cxr_jax.data.photo.augment import PhotoAugment
 from cxr_jax.training.checkpoint import Checkpointer
+from cxr_jax.common import sharding
 from cxr_jax.common.sharding import make_mesh, replicate, shard_batch
 from cxr_jax.training.steps import (TrainState, create_state, make_eval_step, make_optimizer,
                                     make_train_step)
@@ -39,14 +40,19 @@ def build_model(config, num_classes: int) -> models.Model:
 
 
 def predict(eval_fn, variables, images: np.ndarray, *, batch_size: int, mesh) -> np.ndarray:
-    """Scores for every row of `images`, in fixed-size padded batches (one compiled shape)."""
+    """Scores for every row of `images` (every process passes all rows), in fixed-size padded
+    batches (one compiled shape); with several processes each puts its slice of every batch on
+    its devices, and every process gets all scores back."""
     n = len(images)
+    procs, p = jax.process_count(), jax.process_index()
+    local = sharding.local_rows(-(-batch_size // procs), mesh)  # whole rows per device
+    batch_size = local * procs
     pad = (-n) % batch_size
     padded = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)]) \
         if pad else images
-    outs = [eval_fn(variables, shard_batch(padded[i:i + batch_size], mesh))
+    outs = [eval_fn(variables, shard_batch(padded[i + p * local:i + (p + 1) * local], mesh))
             for i in range(0, len(padded), batch_size)]
-    return np.asarray(jnp.concatenate(outs))[:n]
+    return np.concatenate(sharding.gather(outs))[:n]
 
 
 def evaluate(eval_fn, variables, eval_arrays: Mapping[str, np.ndarray], label_names, loss: str,
