@@ -222,3 +222,19 @@ def test_bad_inputs_raise_clear_errors():
         lig(model, variables, XRV_SCALE * x, 7)
     with pytest.raises(ValueError, match="Unknown GAN explanation"):
         as_attribution(gen, ZA, ZP, method="gradcam")
+
+
+def test_inversion_sharded_over_8_devices_equals_one_device():
+    # 3 images padded to 8 rows over 8 devices (what the GAN study's inversion does) give the
+    # one-device inversion of the 3: each image's start comes from fold_in(key, row).
+    from cxr_jax.common import sharding
+    x = np.asarray(gen(ZA, ZP))
+    run = jax.jit(lambda v, x, t: invert(gen, clf, x, t, key=jax.random.key(4),
+                                         z_anatomy_dim=A, z_pathology_dim=P, steps=40
+                                         ).z_anatomy)
+    rows = lambda mesh: sharding.call_sharded(  # noqa: E731
+        run, sharding.replicate({}, mesh), (x, np.asarray(T)), mesh)
+    eight, one = rows(sharding.make_mesh()), rows(sharding.make_mesh(jax.devices()[:1]))
+    assert eight.shape == (3, A) and jax.device_count() == 8
+    np.testing.assert_allclose(eight, one, atol=1e-6)
+    np.testing.assert_allclose(eight, run({}, x, T), atol=1e-6)

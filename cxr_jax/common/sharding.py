@@ -59,3 +59,27 @@ def gather(tree: Any) -> Any:
         return jax.tree_util.tree_map(np.asarray, tree)
     return jax.tree_util.tree_map(
         np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+def call_sharded(fn, replicated: Any, batch: tuple, mesh: Mesh) -> Any:
+    """`fn(replicated, *batch)` with the batch's rows split over the mesh; numpy outputs.
+
+    Every process passes the whole batch (arrays sharing a leading axis of n rows) and puts
+    only its slice of the rows on its devices. The rows are padded (repeating the last one) to a
+    multiple of the device count, and the padding is dropped from the outputs, which hold all n
+    rows on every process. `replicated` must already be on the mesh (`replicate`); `fn` is
+    usually jitted, so it compiles once per padded shape.
+    """
+    n = len(batch[0])
+    procs, p = jax.process_count(), jax.process_index()
+    local = local_rows(-(-n // procs), mesh)
+    rows = local * procs
+
+    def pad(a):
+        a = np.asarray(a)
+        return a if len(a) == rows else np.concatenate(
+            [a, np.repeat(a[-1:], rows - len(a), axis=0)])
+
+    mine = slice(p * local, (p + 1) * local)
+    out = fn(replicated, *shard_batch(tuple(pad(a)[mine] for a in batch), mesh))
+    return jax.tree_util.tree_map(lambda a: a[:n], gather(out))

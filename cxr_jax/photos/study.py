@@ -64,6 +64,7 @@ import numpy as np
 from absl import logging
 
 from cxr_jax import attribution, metrics, models as model_registry, runtime, training
+from cxr_jax.common import sharding
 from cxr_jax.common.files import atomic_path, read_json, read_npz, write_json, write_npz
 from cxr_jax.data import datasets, phantoms
 from cxr_jax.data.photo import batched
@@ -224,27 +225,32 @@ def _photos(name: str, level: int, unit: np.ndarray, seed: int, batch: int):
 class _Scorer:
     """A model's compiled forward (sigmoid scores) and explanation methods."""
 
-    def __init__(self, model, variables, specs, batch: int, key_seed: int, images):
+    def __init__(self, model, variables, specs, batch: int, key_seed: int, images,
+                 mesh=None):
         self.model, self.variables, self.batch = model, variables, batch
+        self.mesh = mesh if mesh is not None else sharding.make_mesh()
+        self._rep = sharding.replicate(variables, self.mesh)
         self._forward = jax.jit(lambda v, x: jax.nn.sigmoid(model.apply(v, x)))
         self.methods = attribution.prepare_all(specs, model, variables, images)
-        self._explain = {
-            name: jax.jit(lambda v, x, t, k, fn=fn: fn(model, v, x, t, key=k))
-            for name, fn in self.methods.items()}
         self.key = jax.random.PRNGKey(key_seed)
+        self._explain = {
+            name: jax.jit(lambda v, x, t, fn=fn: fn(model, v, x, t, key=self.key))
+            for name, fn in self.methods.items()}
 
     def scores(self, unit: np.ndarray) -> np.ndarray:
-        n, outs = len(unit), []
-        for lo in range(0, n, self.batch):
-            x = unit[lo:lo + self.batch]
-            if len(x) < self.batch:
-                x = np.concatenate([x, np.zeros((self.batch - len(x),) + x.shape[1:], x.dtype)])
-            outs.append(self._forward(self.variables, _to_model(x)))
-        return np.asarray(jnp.concatenate(outs))[:n]
+        """Sigmoid scores of images in [0, 1], `batch` at a time, each batch over the mesh."""
+        n = len(unit)
+        x = np.asarray(_to_model(unit))
+        pad = (-n) % self.batch  # one compiled shape: the last batch padded to `batch`
+        x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
+        return np.concatenate([
+            sharding.call_sharded(self._forward, self._rep, (x[lo:lo + self.batch],), self.mesh)
+            for lo in range(0, len(x), self.batch)])[:n]
 
     def maps(self, unit: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
-        x, t = _to_model(unit), jnp.asarray(targets)
-        return {name: np.asarray(fn(self.variables, x, t, self.key), np.float32)
+        """Every method's maps of images in [0, 1] for `targets`, the rows over the mesh."""
+        x, t = np.asarray(_to_model(unit)), np.asarray(targets)
+        return {name: sharding.call_sharded(fn, self._rep, (x, t), self.mesh).astype(np.float32)
                 for name, fn in self._explain.items()}
 
 
