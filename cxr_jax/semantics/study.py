@@ -75,6 +75,7 @@ from absl import logging  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
 from cxr_jax import runtime, training  # noqa: E402
+from cxr_jax.common import sharding  # noqa: E402
 from cxr_jax.common.files import read_json, write_json  # noqa: E402
 from cxr_jax.data import phantoms  # noqa: E402
 from cxr_jax.data.loader import ArraySource, make_loader  # noqa: E402
@@ -430,7 +431,7 @@ def _dissect_layer(config, model, variables, layer: str, data: dict):
                             key=jax.random.PRNGKey(config.seed), quantile=config.quantile,
                             iou_threshold=config.iou_threshold, resolution=config.resolution,
                             concept_names=data["concept_names"], bins=config.bins,
-                            shuffle=config.shuffle)
+                            shuffle=config.shuffle, mesh=sharding.make_mesh(jax.local_devices()))
 
 
 # =========================================================================== attribution
