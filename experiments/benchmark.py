@@ -5,21 +5,27 @@ r"""Times the forward pass and every attribution method, as ratios to the forwar
 
     python -m experiments.benchmark --workdir runs/bench --case explain_folder
     python -m experiments.benchmark --workdir runs/bench --case metrics
+    python -m experiments.benchmark --workdir runs/scaling --devices 8 [--batch_size 8]
 
 Writes DIR/benchmark.json (see `cxr_jax.benchmark`); the case `explain_folder` times the explain
 command on 100 images against its parts and writes DIR/explain_folder.json (see
 `cxr_jax.benchmark_explain`); the case `metrics` times every evaluation metric per image and
-in forward passes and writes DIR/metrics.json (see `cxr_jax.benchmark_metrics`).
+in forward passes and writes DIR/metrics.json (see `cxr_jax.benchmark_metrics`); `--devices N`
+(the case `scaling`) times training and methods on 1, 2, 4 ... N devices, --batch_size images per
+device, and writes DIR/scaling.json and DIR/scaling.md (see `cxr_jax.benchmark_scaling`). On a
+CPU, simulate devices with XLA_FLAGS=--xla_force_host_platform_device_count=8: they share the
+cores, so that table is a check of the sharded path, not a speed-up.
 `--keep_freed_memory` (on by default, see
 `cxr_jax.runtime.keep_freed_memory`) makes malloc reuse XLA's per-call scratch memory;
 `--nokeep_freed_memory` times the default. The persistent compilation cache is off unless
 --compilation_cache is given, because compile time is one of the things measured.
 """
 
+import jax
 from absl import app, flags
 
 from cxr_jax import (attribution, benchmark, benchmark_dissect, benchmark_explain,
-                     benchmark_metrics)
+                     benchmark_metrics, benchmark_scaling)
 from experiments import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
@@ -33,11 +39,15 @@ _SLOW_S = flags.DEFINE_float("slow_s", 30.0, "A method whose warm-up call takes 
                              "this is timed once.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Re-time methods already in the file.")
 _CASE = flags.DEFINE_enum("case", "methods",
-                          ["methods", "explain_folder", "metrics", "dissect"],
+                          ["methods", "explain_folder", "metrics", "dissect", "scaling"],
                           "methods: the forward pass and each method; explain_folder: the "
                           "explain command on --num_images PNGs against its parts; metrics: "
                           "each evaluation metric per image; dissect: network dissection's "
-                          "time and peak memory over --dissect_sizes phantoms.")
+                          "time and peak memory over --dissect_sizes phantoms; scaling: "
+                          "images/s of training and methods on 1, 2, 4 ... --devices devices.")
+_DEVICES = flags.DEFINE_integer("devices", 0, "Largest device count of the scaling case "
+                                "(0: every device). Giving it selects the scaling case.")
+_FAST = flags.DEFINE_bool("fast", False, "Scaling case: the methods' cheaper settings.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 100, "Images of the explain_folder case.")
 _DISSECT_SIZES = flags.DEFINE_list("dissect_sizes", ["2000", "10000"],
                                    "Dataset sizes of the dissect case.")
@@ -50,6 +60,16 @@ def main(argv):
     if not flags.FLAGS["compilation_cache"].present:
         flags.FLAGS.compilation_cache = ""
     common.setup()
+    if _CASE.value == "scaling" or flags.FLAGS["devices"].present:
+        benchmark_scaling.scaling_case(
+            _WORKDIR.value, model_name=_MODEL.value, image_size=_IMAGE_SIZE.value,
+            per_device_batch=_BATCH.value, num_classes=_CLASSES.value,
+            devices=_DEVICES.value or jax.device_count(),
+            methods=_METHODS.value or ["gradcam", "integrated_gradients", "iba"],
+            repeats=_REPEATS.value, fast=_FAST.value)
+        with open(f"{_WORKDIR.value}/scaling.md") as f:
+            print(f.read())
+        return
     if _CASE.value == "explain_folder":
         r = benchmark_explain.explain_folder(
             _WORKDIR.value, model_name=_MODEL.value, n_images=_NUM_IMAGES.value,

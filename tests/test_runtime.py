@@ -38,3 +38,19 @@ def test_keep_freed_memory_keeps_large_blocks_for_reuse():
     _, default_release = released("default")
     assert default_release > 150          # unmapped at once
     assert kept_release < 50              # kept
+
+
+def test_scaling_case_runs_sharded_and_tables_the_speed_up(tmp_path):
+    from cxr_jax import benchmark_scaling as bs
+    assert bs.device_counts(8) == [1, 2, 4, 8] and bs.device_counts(6) == [1, 2, 4, 6]
+    assert bs.device_counts(1) == [1]
+    r = bs.scaling_case(str(tmp_path), model_name="resnet_tiny", image_size=32,
+                        per_device_batch=2, num_classes=3, devices=2, methods=["gradcam"],
+                        repeats=1)
+    assert [(row["devices"], row["batch"]) for row in r["rows"]] == [(1, 2), (2, 4)]
+    assert all(row["train"] > 0 and row["gradcam"] > 0 for row in r["rows"])
+    table = (tmp_path / "scaling.md").read_text()
+    assert "not a speed-up" in table and "| 2 | 4 |" in table
+    fake = {**r, "rows": [{"devices": 1, "batch": 2, "train": 10.0, "gradcam": 4.0},
+                          {"devices": 2, "batch": 4, "train": 20.0, "gradcam": 6.0}]}
+    assert "| 2 | 4 | 20.0 img/s (2.00x) | 6.0 img/s (1.50x) |" in bs.scaling_table(fake)
