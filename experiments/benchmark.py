@@ -6,6 +6,7 @@ r"""Times the forward pass and every attribution method, as ratios to the forwar
     python -m experiments.benchmark --workdir runs/bench --case explain_folder
     python -m experiments.benchmark --workdir runs/bench --case metrics
     python -m experiments.benchmark --workdir runs/scaling --devices 8 [--batch_size 8]
+    python -m experiments.benchmark --workdir runs/shards --case shards [--num_images 200]
 
 Writes DIR/benchmark.json (see `cxr_jax.benchmark`); the case `explain_folder` times the explain
 command on 100 images against its parts and writes DIR/explain_folder.json (see
@@ -25,7 +26,7 @@ import jax
 from absl import app, flags
 
 from cxr_jax import (attribution, benchmark, benchmark_dissect, benchmark_explain,
-                     benchmark_metrics, benchmark_scaling)
+                     benchmark_metrics, benchmark_scaling, benchmark_shards)
 from experiments import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
@@ -39,12 +40,14 @@ _SLOW_S = flags.DEFINE_float("slow_s", 30.0, "A method whose warm-up call takes 
                              "this is timed once.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Re-time methods already in the file.")
 _CASE = flags.DEFINE_enum("case", "methods",
-                          ["methods", "explain_folder", "metrics", "dissect", "scaling"],
+                          ["methods", "explain_folder", "metrics", "dissect", "scaling",
+                           "shards"],
                           "methods: the forward pass and each method; explain_folder: the "
                           "explain command on --num_images PNGs against its parts; metrics: "
                           "each evaluation metric per image; dissect: network dissection's "
                           "time and peak memory over --dissect_sizes phantoms; scaling: "
-                          "images/s of training and methods on 1, 2, 4 ... --devices devices.")
+                          "images/s of training and methods on 1, 2, 4 ... --devices devices; "
+                          "shards: rows/s decoding PNGs vs writing and reading shards.")
 _DEVICES = flags.DEFINE_integer("devices", 0, "Largest device count of the scaling case "
                                 "(0: every device). Giving it selects the scaling case.")
 _FAST = flags.DEFINE_bool("fast", False, "Scaling case: the methods' cheaper settings.")
@@ -69,6 +72,14 @@ def main(argv):
             repeats=_REPEATS.value, fast=_FAST.value)
         with open(f"{_WORKDIR.value}/scaling.md") as f:
             print(f.read())
+        return
+    if _CASE.value == "shards":
+        r = benchmark_shards.shards_case(_WORKDIR.value, n=_NUM_IMAGES.value,
+                                         image_size=_IMAGE_SIZE.value)
+        print(f"{r['rows']} PNGs at {r['png_size']} px -> {r['image_size']} px: decode "
+              f"{r['decode_rows_per_s']:.1f} rows/s; shards: write {r['write_rows_per_s']:.1f}, "
+              f"read {r['read_rows_per_s']:.1f} (shuffled {r['shuffled_read_rows_per_s']:.1f}) "
+              f"rows/s, {r['bytes_per_row'] / 1e3:.0f} kB per row")
         return
     if _CASE.value == "explain_folder":
         r = benchmark_explain.explain_folder(

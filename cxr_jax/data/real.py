@@ -47,13 +47,14 @@ def _held_out(source: RecordSource, limit: int) -> dict[str, np.ndarray]:
             "labels": np.stack([g["labels"] for g in good])}
 
 
-def build(config) -> Dataset:
-    """The real dataset named by `config.dataset`, read from `config.data_dir`."""
+def splits(config) -> tuple[list, list, tuple[str, ...], str]:
+    """(training records, held-out records, label names, natural loss) of the real dataset
+    `config.dataset` in `config.data_dir`."""
     root = config.data_dir
     if not root or not os.path.isdir(root):
         raise ValueError(f"--config.data_dir={root!r} is not a folder; real datasets are read "
                          "from a local folder (nothing is downloaded).")
-    kind, size = config.dataset, config.image_size
+    kind = config.dataset
     loss = "bce"
     if kind == "nih":
         recs = records.read_nih(root)
@@ -83,7 +84,25 @@ def build(config) -> Dataset:
         loss = "mse"
     else:
         raise ValueError(f"Unknown real dataset {kind!r}.")
+    return list(train), list(test), tuple(names), loss
+
+
+def build(config) -> Dataset:
+    """The real dataset named by `config.dataset`, read from `config.data_dir` (training rows
+    from `config.shards_dir` when given: the same rows, decoded once)."""
+    train, test, names, loss = splits(config)
+    size = config.image_size
     train_src = RecordSource(train, names, image_size=size)
+    if config.get("shards_dir", ""):  # the same rows, decoded once (experiments.prepare)
+        from cxr_jax.data.shards import ShardSource
+
+        shard_src = ShardSource(config.shards_dir)
+        want = {"label_names": list(names), "image_size": size, "num_rows": len(train)}
+        got = {k: shard_src.meta[k] for k in want}
+        if got != want:
+            raise ValueError(f"--config.shards_dir={config.shards_dir!r} holds {got}, but this "
+                             f"config's training set is {want}; prepare shards for it.")
+        train_src = shard_src
     test_src = RecordSource(test, names, image_size=size)
     return Dataset(train=train_src, eval=_held_out(test_src, config.num_test),
                    label_names=tuple(names), loss=loss, extra={"test_records": test})

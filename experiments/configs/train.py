@@ -16,6 +16,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.dataset = "phantoms"        # phantoms | nih | chexpert | object_cxr | brixia
     c.data_dir = ""               # folder (or CSV) of a real dataset
+    c.shards_dir = ""             # real datasets: train from shards experiments.prepare wrote
     c.phantom_style = "v2"        # phantoms: "v2" (textured, the default) or "v1" (earlier numbers)
     c.phantom_contrast = 1.0      # phantoms: scale of what the lung findings change
     c.phantom_prevalence = 0.4    # phantoms: probability of each finding (independently)
