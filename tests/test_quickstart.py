@@ -18,6 +18,7 @@ def test_quickstart_in_memory_equals_explaining_the_checkpoint(tmp_path):
     e.methods = "gradient,iba"
     e.num_test, e.max_per_finding, e.batch_size, e.iba_samples = 24, 1, 4, 32
     e.faithfulness, e.sensitivity_num_n = False, 0
+    e.devices = 1  # the 8-device path: test_scores_on_eight_devices_equal_one_device
     res = quickstart.run(work, c, e, progress=False)
     with open(os.path.join(work, "results.json")) as f:
         saved = json.load(f)

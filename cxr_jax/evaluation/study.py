@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cxr_jax import attribution, runtime, training
+from cxr_jax.common import sharding
 from cxr_jax.common.files import write_json
 from cxr_jax.data import datasets
 from cxr_jax.data.types import LocalisationSet
@@ -109,7 +110,9 @@ def evaluate(workdir: str, model, variables, loc: LocalisationSet, cfg, *,
                                        cache=attribution.Cache(workdir))
     seconds = {"statistics": time.perf_counter() - start}
     spec = spec_from_config(cfg, prepared, size, regression=regression)
-    scorer = Scorer(model, spec)
+    n_dev = int(cfg.get("devices", 0) or 0)  # 0: every device of every process
+    scorer = Scorer(model, spec, mesh=sharding.make_mesh(jax.devices()[:n_dev]) if n_dev
+                    else None)
     summary = run(workdir, model, variables, loc.images, loc.masks, loc.labels, loc.names, spec,
                   require_mask=loc.require_mask, progress=progress, scorer=scorer)
     summary["skipped"] += [{"id": p, "reason": r} for p, r in loc.skipped]

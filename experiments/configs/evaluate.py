@@ -36,6 +36,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.iba_samples = 1000       # images for the IBA feature statistics
     c.gallery_per_finding = 1
     c.seed = 0
+    c.devices = 0              # batches sharded over this many devices; 0 = every device
     if variant == "fast":
         c.fast = True
         # The tiny CPU models end at stride 32 (a 4x4 map at 128 px): CAMs there cannot point at
