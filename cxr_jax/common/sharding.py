@@ -61,25 +61,35 @@ def gather(tree: Any) -> Any:
         np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
 
-def call_sharded(fn, replicated: Any, batch: tuple, mesh: Mesh) -> Any:
-    """`fn(replicated, *batch)` with the batch's rows split over the mesh; numpy outputs.
+def place_rows(batch: tuple, mesh: Mesh, rows: int | None = None) -> tuple:
+    """The batch's rows on the mesh, this process's slice on its devices: global arrays.
 
-    Every process passes the whole batch (arrays sharing a leading axis of n rows) and puts
-    only its slice of the rows on its devices. The rows are padded (repeating the last one) to a
-    multiple of the device count, and the padding is dropped from the outputs, which hold all n
-    rows on every process. `replicated` must already be on the mesh (`replicate`); `fn` is
-    usually jitted, so it compiles once per padded shape.
+    Every process passes the whole batch (arrays sharing a leading axis of n rows). The rows
+    are padded, repeating the last one, to `rows` (None: the fewest that split evenly over
+    every process's devices); the caller drops the padding from the results.
     """
     n = len(batch[0])
     procs, p = jax.process_count(), jax.process_index()
-    local = local_rows(-(-n // procs), mesh)
-    rows = local * procs
+    rows = rows if rows is not None else local_rows(-(-n // procs), mesh) * procs
+    if not n <= rows or rows % (procs * len(mesh.local_devices)):
+        raise ValueError(f"{n} rows cannot be padded to {rows}, or {rows} does not split over "
+                         f"{procs} process(es) x {len(mesh.local_devices)} device(s).")
+    local = rows // procs
 
     def pad(a):
         a = np.asarray(a)
         return a if len(a) == rows else np.concatenate(
             [a, np.repeat(a[-1:], rows - len(a), axis=0)])
 
-    mine = slice(p * local, (p + 1) * local)
-    out = fn(replicated, *shard_batch(tuple(pad(a)[mine] for a in batch), mesh))
-    return jax.tree_util.tree_map(lambda a: a[:n], gather(out))
+    return shard_batch(tuple(pad(a)[p * local:(p + 1) * local] for a in batch), mesh)
+
+
+def call_sharded(fn, replicated: Any, batch: tuple, mesh: Mesh) -> Any:
+    """`fn(replicated, *batch)` with the batch's rows split over the mesh; numpy outputs.
+
+    The rows are placed by `place_rows` and the padding is dropped from the outputs, which hold
+    all n rows on every process. `replicated` must already be on the mesh (`replicate`); `fn` is
+    usually jitted, so it compiles once per padded shape.
+    """
+    out = fn(replicated, *place_rows(batch, mesh))
+    return jax.tree_util.tree_map(lambda a: a[:len(batch[0])], gather(out))

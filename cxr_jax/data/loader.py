@@ -62,18 +62,26 @@ class RecordSource(grain.RandomAccessDataSource):
                 f"image_size={self.image_size}, intensity={self.intensity!r})")
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        row, _ = self.item(index)
+        return row
+
+    def item(self, index: int) -> tuple[dict[str, np.ndarray], tuple]:
+        """(the row, the record's boxes moved to the output size; () when unreadable)."""
         from cxr_jax.data import images  # decoding deps load only when real data is used
 
         rec = self.records[index]
         labels = np.array([rec.labels.get(n, np.nan) for n in self.label_names],
                           np.float32)
         try:
-            x, _, _ = images.load_record(rec, size=self.image_size, intensity=self.intensity)
-            return {"image": np.asarray(x, np.float32), "labels": labels, "valid": np.True_}
+            x, boxes, _ = images.load_record(rec, size=self.image_size,
+                                             intensity=self.intensity)
+            return ({"image": np.asarray(x, np.float32), "labels": labels, "valid": np.True_},
+                    tuple(boxes))
         except Exception as err:  # one bad item must not end a long run
             logging.warning("Skipping unreadable image %s: %s", rec.path, err)
             empty = np.zeros((self.image_size, self.image_size, 1), np.float32)
-            return {"image": empty, "labels": np.full_like(labels, np.nan), "valid": np.False_}
+            return ({"image": empty, "labels": np.full_like(labels, np.nan),
+                     "valid": np.False_}, ())
 
 
 def make_loader(source: grain.RandomAccessDataSource, *, batch_size: int, seed: int = 0,

@@ -46,19 +46,11 @@ def _decode(data: bytes) -> dict:
 
 
 def _row(rec, names: Sequence[str], size: int, intensity: str) -> dict:
-    """One record decoded and preprocessed once (`RecordSource`'s image and labels)."""
-    from cxr_jax.data import images  # decoding deps load only when real data is used
-
-    row = dict(RecordSource([rec], names, image_size=size, intensity=intensity)[0])
-    boxes, box_labels = np.zeros((0, 4), np.float32), np.zeros((0,), np.int32)
-    if row["valid"] and rec.boxes:
-        try:
-            _, bs, _ = images.load_record(rec, size=size, intensity=intensity)
-            boxes = np.array([[b.x0, b.y0, b.x1, b.y1] for b in bs], np.float32).reshape(-1, 4)
-            box_labels = np.array([list(names).index(b.label) if b.label in names else -1
-                                   for b in bs], np.int32)
-        except Exception:  # the image was readable; a bad box leaves the boxes empty
-            pass
+    """One record decoded and preprocessed once: `RecordSource`'s row and the boxes."""
+    row, bs = RecordSource([rec], names, image_size=size, intensity=intensity).item(0)
+    boxes = np.array([[b.x0, b.y0, b.x1, b.y1] for b in bs], np.float32).reshape(-1, 4)
+    box_labels = np.array([list(names).index(b.label) if b.label in names else -1
+                           for b in bs], np.int32)
     return {**row, "boxes": boxes, "box_labels": box_labels}
 
 

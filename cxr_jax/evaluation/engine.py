@@ -125,18 +125,13 @@ class Scorer:
         in one call)."""
         spec = self.spec
         n = len(x)
-        targets = np.broadcast_to(np.asarray(targets), (n,))
         if not 1 <= n <= self.rows:
             raise ValueError(f"Expected 1 to {self.rows} images (Scorer.rows), got {n}.")
-        if n < self.rows:  # repeat the last image: one compiled shape; its rows are dropped
-            x, masks, targets = (np.concatenate([a, np.repeat(a[-1:], self.rows - n, axis=0)])
-                                 for a in (np.asarray(x), np.asarray(masks), targets))
+        targets = np.broadcast_to(np.asarray(targets, np.int32), (n,))
+        masks = np.asarray(masks)
         variables = self._replicate(variables)
-        local = self.rows // jax.process_count()
-        mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
-        x, t, masks_dev = sharding.shard_batch(
-            (np.asarray(x)[mine], np.asarray(targets, np.int32)[mine], np.asarray(masks)[mine]),
-            self.mesh)
+        # Padded to `rows` (one compiled shape); `_score_maps` cuts results back to n rows.
+        x, t, masks_dev = sharding.place_rows((x, targets, masks), self.mesh, self.rows)
         gt_boxes = np.stack([metrics.mask_box(m) for m in masks])
         out = {"centre": {"pointing_game": np.asarray(
             metrics.pointing_game_centre(masks, tolerance=spec.tolerance))}}
@@ -156,7 +151,7 @@ class Scorer:
                                          raws[name], gt_boxes, curves)
         self.seconds["explanation"] += mid - start
         self.seconds["metrics"] += time.perf_counter() - mid
-        return {method: {m: v[:n] for m, v in vals.items()} for method, vals in out.items()}
+        return out
 
     def _replicate(self, variables):
         """The variables on every device of the mesh (placed once per variables object)."""
@@ -167,12 +162,12 @@ class Scorer:
     def _score_maps(self, variables, x, masks, masks_dev, t, k, raw, gt_boxes, curves
                     ) -> dict[str, np.ndarray]:
         """Every metric of one method's maps (`curves`: its insertion and deletion AUC, or
-        None); images whose map holds NaN score NaN. `masks` on the host, `masks_dev` the same
-        sharded like the batch."""
-        spec = self.spec
+        None); images whose map holds NaN score NaN. `masks` [n] on the host, `masks_dev` the
+        same padded to the scorer's rows and sharded like the batch; results keep n rows."""
+        spec, n = self.spec, len(masks)
         sal = jnp.nan_to_num(raw)
-        nan_map, sal_np, pg = sharding.gather(
-            (jnp.any(jnp.isnan(raw), axis=(1, 2)), sal, self._pg(raw, masks_dev)))
+        nan_map, sal_np, pg = (a[:n] for a in sharding.gather(
+            (jnp.any(jnp.isnan(raw), axis=(1, 2)), sal, self._pg(raw, masks_dev))))
         boxes = np.stack([metrics.boxes_from_saliency(s) for s in sal_np])
         res = {
             "pointing_game": pg,
@@ -182,9 +177,9 @@ class Scorer:
             "peak": np.asarray(metrics.saliency_peaks(sal_np)),
         }
         if curves is not None:
-            res["insertion"], res["deletion"] = curves
+            res["insertion"], res["deletion"] = curves[0][:n], curves[1][:n]
         if spec.sensitivity_num_n > 0 and spec.sensitivity_masks > 0:
-            res["sensitivity_n"] = sharding.gather(self._sens(variables, x, sal, t, k))
+            res["sensitivity_n"] = sharding.gather(self._sens(variables, x, sal, t, k))[:n]
         if nan_map.any():
             for metric in METRICS:
                 if metric in res:
