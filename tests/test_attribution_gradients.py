@@ -9,7 +9,7 @@ import pytest
 import cxr_jax.attribution as attribution
 import cxr_jax.models as models
 from cxr_jax.attribution import gradients
-from cxr_jax.attribution.common import chunked_sum
+from cxr_jax.attribution.common import chunked_reduce
 from analytic import Pipeline, numpy_init
 
 
@@ -84,15 +84,15 @@ def test_riemann_nodes():
         gradients.riemann_nodes("left", 0)
 
 
-def test_chunked_sum_matches_plain_sum_with_remainder():
+def test_chunked_reduce_matches_plain_sum_with_remainder():
     xs = jnp.arange(7.0)
-    f = lambda a: {"sq": a ** 2, "v": jnp.stack([a, 1.0])}
+    f = lambda a: {"sq": jnp.sum(a ** 2), "v": jnp.stack([jnp.sum(a), a.shape[0] * 1.0])}
     for chunk in (1, 3, 7, 50):
-        out = chunked_sum(f, xs, chunk)
+        out = chunked_reduce(f, xs, chunk)
         assert float(out["sq"]) == pytest.approx(91.0)
         np.testing.assert_allclose(out["v"], [21.0, 7.0])
     with pytest.raises(ValueError, match="chunk"):
-        chunked_sum(f, xs, 0)
+        chunked_reduce(f, xs, 0)
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +210,29 @@ def test_smoothgrad_noise_matches_hand_computation():
     for b, k in enumerate([0, 1]):
         expected = ((np.asarray(x[b]) + eps[b]) * w[..., k]).sum(-1)
         np.testing.assert_allclose(out[b], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_smoothgrad_folded_equals_sample_by_sample_mean(tiny):
+    # A nonlinear model: the n noisy copies folded into one batch per pass must give the mean of
+    # the inner method over each noisy copy on its own, whatever the chunking, and a callable
+    # target must see one [B, K] block of logits per copy.
+    m, v, x = tiny
+    t = jnp.array([0, 2, 1])
+    key, n, sigma = jax.random.key(3), 5, 0.1
+    span = x.max(axis=(1, 2, 3), keepdims=True) - x.min(axis=(1, 2, 3), keepdims=True)
+    grad = jax.jit(lambda v, x: attribution.get("gradient")(m, v, x, t))
+    expected = np.mean([grad(v, x + sigma * span * jax.random.normal(jax.random.split(k)[0],
+                                                                     x.shape))
+                        for k in jax.random.split(key, n)], axis=0)
+    for chunk in (1, 2, 5):
+        out = jax.jit(lambda v, x: attribution.get("smoothgrad")(
+            m, v, x, t, key=key, n=n, sigma=sigma, chunk=chunk))(v, x)
+        np.testing.assert_allclose(out, expected, rtol=2e-4, atol=1e-6)
+    pick = jnp.asarray(t)
+    by_callable = jax.jit(lambda v, x: attribution.get("smoothgrad")(
+        m, v, x, lambda logits: jnp.take_along_axis(logits, pick[:, None], 1)[:, 0],
+        key=key, n=n, sigma=sigma, chunk=2))(v, x)
+    np.testing.assert_allclose(by_callable, expected, rtol=2e-4, atol=1e-6)
 
 
 def test_make_smoothgrad_leading_key():

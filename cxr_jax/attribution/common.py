@@ -159,31 +159,13 @@ def layers_and_grads(model: Model, variables: Any, x: Array, score: Callable[[Ar
     return acts, grads, logits
 
 
-def chunked_sum(f: Callable[[Any], Any], xs: Any, chunk: int) -> Any:
-    """sum_i f(xs[i]) over the leading axis, evaluating `chunk` items at a time with vmap.
-
-    A `lax.scan` over the full chunks keeps one running sum, so memory is that of one chunk
-    however many items there are (integration steps, noise samples); a last, smaller vmap takes
-    the remainder. No Python loop over items.
-
-    Args:
-      f: item -> pytree of arrays (same structure and shapes for every item).
-      xs: pytree whose leaves share a leading axis of length n >= 1.
-      chunk: items per vmapped evaluation (>= 1; clipped to n).
-    Returns:
-      The pytree sum over items (dtypes as `f` returns them).
-    """
-    vf = jax.vmap(f)
-    return chunked_reduce(
-        lambda xc: jax.tree_util.tree_map(lambda y: jnp.sum(y, axis=0), vf(xc)), xs, chunk)
-
-
 def chunked_reduce(part_sum: Callable[[Any], Any], xs: Any, chunk: int) -> Any:
     """The sum of `part_sum(xs[i:i + c])` over consecutive chunks of the leading axis.
 
-    `chunked_sum` without the vmap: `part_sum` takes a chunk (leading axis c <= chunk) and
-    returns the sum over its items itself, e.g. with the items folded into one batch
-    (`weighted_input_grad`). A `lax.scan` over the full chunks keeps one running sum; a last,
+    `part_sum` takes a chunk (leading axis c <= chunk) and returns the sum over its items
+    itself, e.g. with the items folded into one batch (`weighted_input_grad`, SmoothGrad)
+    rather than vmapped: no Python loop over items, and memory is that of one chunk however
+    many items there are. A `lax.scan` over the full chunks keeps one running sum; a last,
     smaller call takes the remainder.
     """
     n = jax.tree_util.tree_leaves(xs)[0].shape[0]

@@ -81,3 +81,18 @@ def score_fn(targets: Targets, batch: int, *, num_classes: int | None = None,
     if probability:
         return lambda logits: jax.nn.sigmoid(pick(logits, t))
     return lambda logits: pick(logits, t)
+
+
+def tile(targets: Targets, batch: int, copies: int) -> Targets:
+    """The targets of `copies` versions of a batch folded into one batch of copies * batch rows
+    (version-major, as `x.reshape((copies * batch,) + ...)` of a [copies, batch, ...] stack).
+
+    Class indices are tiled; a callable is applied to each version's [batch, K] logits
+    separately, so a score written for `batch` rows still sees `batch` rows.
+    """
+    if callable(targets):
+        def folded(logits):
+            per = jax.vmap(targets)(logits.reshape((copies, batch) + logits.shape[1:]))
+            return per.reshape((copies * batch,) + per.shape[2:])
+        return folded
+    return jnp.tile(class_indices(targets, batch), copies)
