@@ -1,21 +1,38 @@
 """The published comparisons as runnable studies (experiments/paper.py).
 
 A comparison config names models, a training set-up, methods (with their layers and variants),
-and the metric layout of the paper's table. `run` trains every model (resumable), evaluates it
-with `cxr_jax.evaluation`, and writes the table in the paper's layout as Markdown and CSV beside
-the figures and an index.html.
+the metric layout of the paper's table, the paper's published figures (`paper`: method -> the
+figure as text) and its claims (`claims`, checked by `check_claims`). `run` trains every model
+(resumable), evaluates it with `cxr_jax.evaluation`, and writes the table in the paper's layout,
+with 95% bootstrap intervals on our numbers and the paper's figure beside them, as Markdown and
+CSV, the claims with their verdicts (claims.md), and an index.html.
+
+Claims (each a dict with "kind", "claim" (the paper's words, short) and kind-specific keys):
+  best        {"metric", "methods": name prefixes}: a method of the group scores highest on
+              `metric` (for every model, or for "model" only).
+  greater     {"metric", "a", "b"}: method a scores above method b (every model or "model").
+  agreement   {"model"}: the methods' boxes agree with each other (mean box IoU between pairs of
+              methods) more than with the ground truth (mean box IoU against it).
+  best_model  {"metric", "models": name prefixes}: averaged over methods, a model of the group
+              scores highest.
+  untestable  {"why"}: cannot be tested on this data; the reason is stated.
+A verdict is "holds" or "does not hold" on our point estimates, plus whether the 95% intervals
+of the two sides compared are separated ("separated") or overlap ("within noise").
 """
 
 from __future__ import annotations
 
 import math
 import os
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from cxr_jax import evaluation, training
-from cxr_jax.common.files import read_json, write_json
-from cxr_jax.report import sections, tables, write_index
+from cxr_jax.common.files import read_json, write_json, write_text
+from cxr_jax.evaluation import aggregate, engine
+from cxr_jax.report import figures, sections, tables, write_index
+from cxr_jax.report.html import caption, image
 
 REGRESSION_DATASETS = ("phantoms_severity", "brixia")
 LAYOUTS = {
@@ -23,8 +40,9 @@ LAYOUTS = {
     "pointing_game": ("pointing_game",),
     # (b) methods x architectures x findings: multi-Otsu box IoU (and the agreement matrix).
     "box_iou": ("box_iou",),
-    # (c) IBA family against baselines: EHR, insertion, deletion, sensitivity-N.
-    "faithfulness": ("ehr", "insertion", "deletion", "sensitivity_n"),
+    # (c) IBA family against baselines: EHR, insertion, deletion, sensitivity-N, with
+    # localisation beside them for the claims about finer maps.
+    "faithfulness": ("ehr", "pointing_game", "box_iou", "insertion", "deletion", "sensitivity_n"),
 }
 
 
@@ -36,42 +54,217 @@ def _train(workdir: str, config) -> None:
 
 
 def _finite_mean(values) -> float:
-    finite = [v for v in values if math.isfinite(v)]
+    finite = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def _rows(tag: str, res: dict, c) -> list[dict]:
-    """This model's rows of the paper's table, in the config's layout."""
+def _ci_text(ci) -> str:
+    if ci is None or not all(v is not None and math.isfinite(v) for v in ci):
+        return "n/a"
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _plain(d) -> Any:
+    return d.to_dict() if hasattr(d, "to_dict") else d
+
+
+def model_rows(tag: str, res: Mapping, per_image: Sequence[dict], c) -> list[dict]:
+    """This model's rows of the paper's table: the layout's metrics as class means over the
+    config's findings (all of the model's findings when it names none), each followed by its
+    95% bootstrap interval, and the paper's figure for the method when it published one.
+
+    Args:
+      tag: the model's name in the table.
+      res: its evaluation summary (`evaluation.evaluate_checkpoint`).
+      per_image: its per-image rows (`engine.read_rows`), for the intervals.
+      c: the comparison config.
+    """
     findings = list(c.findings) if c.findings else list(res["counts"])
+    paper = _plain(c.get("paper", {})) or {}
+    methods = [m for m in res["table"] if not (m == "centre" and c.layout != "pointing_game")]
+    cis = aggregate.intervals(per_image, findings, methods)
     rows = []
-    for method, per in res["table"].items():
-        if method == "centre" and c.layout != "pointing_game":
-            continue
+    for method in methods:
+        per = res["table"][method]
         row = {"model": tag, "method": method}
-        if c.layout == "pointing_game":
-            if c.findings:
-                row.update({f: per.get(f, {}).get("pointing_game", float("nan"))
-                            for f in findings})
-            else:
-                row["pointing game"] = res["pointing_game"].get(method, float("nan"))
-        elif c.layout == "box_iou":
-            vals = {f: per.get(f, {}).get("box_iou", float("nan")) for f in findings}
-            row.update(vals, mean=_finite_mean(vals.values()))
-        else:
-            for m in LAYOUTS[c.layout]:
-                row[m] = _finite_mean([per.get(f, {}).get(m, float("nan")) for f in findings])
+        for metric in LAYOUTS[c.layout]:
+            vals = {f: per.get(f, {}).get(metric, float("nan")) for f in findings}
+            if c.layout == "box_iou" and len(findings) > 1:
+                row.update(vals)
+            name = metric.replace("_", " ")
+            row[name] = _finite_mean(vals.values())
+            row[f"{name} 95% CI"] = _ci_text(cis[method].get(metric))
+        if paper:
+            row["paper"] = paper.get(method, "")
         rows.append(row)
     return rows
 
 
+# ------------------------------------------------------------------------------------ claims
+def _in_group(name: str, prefixes: Sequence[str]) -> bool:
+    return any(name.startswith(p) for p in prefixes)
+
+
+def _separated(a_ci, b_ci) -> bool:
+    """Intervals a and b do not overlap (a finite pair each)."""
+    ok = all(v is not None and math.isfinite(v) for v in list(a_ci) + list(b_ci))
+    return ok and (a_ci[0] > b_ci[1] or b_ci[0] > a_ci[1])
+
+
+def _noise(a_ci, b_ci) -> str:
+    return "separated" if _separated(a_ci, b_ci) else "within noise"
+
+
+def _value(row: Mapping, metric: str) -> tuple[float, tuple[float, float]]:
+    name = metric.replace("_", " ")
+    v = row.get(name, float("nan"))
+    ci = row.get(f"{name} 95% CI", "n/a")
+    lohi = tuple(float(s) for s in ci.strip("[]").split(",")) if ci != "n/a" else (np.nan,) * 2
+    return (float("nan") if v is None else float(v)), lohi
+
+
+def _models(rows, claim) -> list[str]:
+    tags = list(dict.fromkeys(r["model"] for r in rows))
+    return [claim["model"]] if claim.get("model") else tags
+
+
+def _check_best(rows, claim) -> tuple[bool | None, str]:
+    metric, group = claim["metric"], list(claim["methods"])
+    holds, notes = [], []
+    for tag in _models(rows, claim):
+        scored = [(r["method"],) + _value(r, metric) for r in rows
+                  if r["model"] == tag and r["method"] != "centre"]
+        scored = [s for s in scored if math.isfinite(s[1])]
+        ours = [s for s in scored if _in_group(s[0], group)]
+        others = [s for s in scored if not _in_group(s[0], group)]
+        if not ours or not others:
+            notes.append(f"{tag}: no scores to compare")
+            continue
+        best_ours = max(ours, key=lambda s: s[1])
+        best_other = max(others, key=lambda s: s[1])
+        holds.append(best_ours[1] > best_other[1])
+        notes.append(f"{tag}: best of the group {best_ours[0]} {best_ours[1]:.3f}, best other "
+                     f"{best_other[0]} {best_other[1]:.3f} ({_noise(best_ours[2], best_other[2])})")
+    return (all(holds) if holds else None), "; ".join(notes)
+
+
+def _check_greater(rows, claim) -> tuple[bool | None, str]:
+    metric, a, b = claim["metric"], claim["a"], claim["b"]
+    holds, notes = [], []
+    for tag in _models(rows, claim):
+        by = {r["method"]: _value(r, metric) for r in rows if r["model"] == tag}
+        if a not in by or b not in by or not (math.isfinite(by[a][0])
+                                              and math.isfinite(by[b][0])):
+            notes.append(f"{tag}: {a} or {b} not scored")
+            continue
+        holds.append(by[a][0] > by[b][0])
+        notes.append(f"{tag}: {a} {by[a][0]:.3f} vs {b} {by[b][0]:.3f} "
+                     f"({_noise(by[a][1], by[b][1])})")
+    return (all(holds) if holds else None), "; ".join(notes)
+
+
+def agreement_means(names: Sequence[str], matrix) -> tuple[float, float]:
+    """(mean box IoU between pairs of methods, mean box IoU of the methods against the ground
+    truth) from an agreement matrix whose last row and column are the ground truth."""
+    m = np.asarray(matrix, float)
+    if len(names) < 3 or m.shape != (len(names), len(names)):
+        return float("nan"), float("nan")
+    k = len(names) - 1
+    pairs = m[:k, :k][~np.eye(k, dtype=bool)]
+    return float(np.nanmean(pairs)), float(np.nanmean(m[k, :k]))
+
+
+def _check_agreement(results, claim) -> tuple[bool | None, str]:
+    holds, notes = [], []
+    for tag in ([claim["model"]] if claim.get("model") else list(results)):
+        agree = results.get(tag, {}).get("agreement", {})
+        between, truth = agreement_means(agree.get("names", []), agree.get("matrix", []))
+        if not (math.isfinite(between) and math.isfinite(truth)):
+            notes.append(f"{tag}: no agreement matrix")
+            continue
+        holds.append(between > truth)
+        notes.append(f"{tag}: methods vs each other {between:.3f}, vs ground truth {truth:.3f}")
+    return (all(holds) if holds else None), "; ".join(notes)
+
+
+def _check_best_model(rows, claim) -> tuple[bool | None, str]:
+    metric, group = claim["metric"], list(claim["models"])
+    means = {}
+    for tag in dict.fromkeys(r["model"] for r in rows):
+        means[tag] = _finite_mean([_value(r, metric)[0] for r in rows
+                                   if r["model"] == tag and r["method"] != "centre"])
+    scored = {t: v for t, v in means.items() if math.isfinite(v)}
+    ours = {t: v for t, v in scored.items() if _in_group(t, group)}
+    others = {t: v for t, v in scored.items() if not _in_group(t, group)}
+    if not ours or not others:
+        return None, "not enough models scored"
+    text = ", ".join(f"{t} {v:.3f}" for t, v in sorted(scored.items(), key=lambda kv: -kv[1]))
+    return max(ours.values()) > max(others.values()), f"mean over methods: {text}"
+
+
+def check_claims(claims: Sequence[Mapping], rows: Sequence[dict], results: Mapping
+                 ) -> list[dict]:
+    """Each claim with our verdict: {"claim", "paper", "verdict", "evidence"}; verdict is
+    "holds on phantoms", "does not hold on phantoms" (or "on this data" for a real dataset, as
+    the claim's "data" says), or "cannot be tested here".
+
+    Args:
+      claims: the config's claims (see the module doc).
+      rows: the table's rows (`model_rows` of every model).
+      results: {model tag: evaluation summary} (for the agreement matrices).
+    """
+    checks = {"best": lambda c: _check_best(rows, c),
+              "greater": lambda c: _check_greater(rows, c),
+              "agreement": lambda c: _check_agreement(results, c),
+              "best_model": lambda c: _check_best_model(rows, c)}
+    out = []
+    for claim in claims:
+        claim = dict(_plain(claim))
+        kind, data = claim.get("kind"), claim.get("data", "phantoms")
+        if kind == "untestable":
+            verdict, evidence = None, claim["why"]
+        elif kind in checks:
+            verdict, evidence = checks[kind](claim)
+        else:
+            raise ValueError(f"Unknown claim kind {kind!r}: one of {', '.join(checks)}, "
+                             "untestable.")
+        text = ("cannot be tested here" if verdict is None else
+                f"holds on {data}" if verdict else f"does not hold on {data}")
+        out.append({"claim": claim["claim"], "paper": claim.get("paper", ""), "verdict": text,
+                    "evidence": evidence})
+    return out
+
+
+# -------------------------------------------------------------------------------------- run
+def _headline(workdir: str, tag: str, rows: Sequence[dict], counts: Mapping[str, int], c
+              ) -> tuple[str, str] | None:
+    """A dot plot of the layout's first metric with its intervals, for one model."""
+    metric = LAYOUTS[c.layout][0]
+    scores, cis = {}, {}
+    for r in rows:
+        if r["model"] == tag:
+            scores[r["method"]], cis[r["method"]] = _value(r, metric)
+    if not any(math.isfinite(v) for v in scores.values()):
+        return None
+    name = f"{tag}_{metric}.png"
+    figures.save_intervals(scores, cis, os.path.join(workdir, name),
+                           xlabel=metric.replace("_", " "))
+    return (f"{tag}: {metric.replace('_', ' ')} with 95% intervals",
+            image(name) + caption("Dot: our class mean over the findings; line: its 95% "
+                                  "stratified bootstrap interval (images resampled within each "
+                                  "finding). Images per finding: " +
+                                  sections.counts_text(counts) + "."))
+
+
 def run(workdir: str, c) -> dict:
-    """Trains and evaluates every model of comparison `c`; writes table.md/.csv and index.html.
+    """Trains and evaluates every model of comparison `c`; writes table.md/.csv, claims.md and
+    index.html.
 
     Returns:
       {model: the evaluation results of that model}.
     """
     os.makedirs(workdir, exist_ok=True)
-    results, page, rows = {}, [], []
+    results, figs, rows = {}, [], []
     for entry in c.models:
         # "model" or "model@dataset" (e.g. a severity regressor beside a classifier).
         model_name, _, dataset = entry.partition("@")
@@ -87,17 +280,28 @@ def run(workdir: str, c) -> dict:
         _train(tdir, tcfg)
         res = evaluation.evaluate_checkpoint(edir, tdir, c.eval, methods=methods)
         results[tag] = res
-        rows += _rows(tag, res, c)
+        model_part = model_rows(tag, res, engine.read_rows(edir), c)
+        rows += model_part
+        findings = list(c.findings) if c.findings else list(res["counts"])
+        head = _headline(workdir, tag, model_part,
+                         {f: res["counts"].get(f, 0) for f in findings}, c)
+        figs += [head] if head else []
         if os.path.exists(os.path.join(edir, "agreement.png")):
-            page.append(sections.figure(f"{tag}: agreement between methods (box IoU)",
+            figs.append(sections.figure(f"{tag}: agreement between methods (box IoU)",
                                         os.path.join(tag, "eval", "agreement.png")))
-        page.append(sections.figure(f"{tag}: overlays",
+        figs.append(sections.figure(f"{tag}: overlays",
                                     os.path.join(tag, "eval", "overlays.png")))
-    columns = list(rows[0].keys()) if rows else []
+    columns = list(dict.fromkeys(k for r in rows for k in r))
     tables.write(os.path.join(workdir, "table"), rows, columns, title=c.title)
+    verdicts = check_claims(list(c.get("claims", [])), rows, results)
+    claim_cols = ["claim", "paper", "verdict", "evidence"]
+    write_text(os.path.join(workdir, "claims.md"),
+               f"{c.title}: the paper's claims\n\n" + tables.markdown(verdicts, claim_cols))
     write_json(os.path.join(workdir, "results.json"),
-               {"title": c.title, "rows": rows,
+               {"title": c.title, "rows": rows, "claims": verdicts,
                 "pointing_game": {m: r["pointing_game"] for m, r in results.items()}})
-    write_index(workdir, c.title, [("Table (as in the paper)", tables.html(rows, columns)),
-                                   ("Note", f"<p>{c.note}</p>")] + page)
+    write_index(workdir, c.title,
+                [("The paper's claims, checked", tables.html(verdicts, claim_cols)),
+                 ("Table (as in the paper), with 95% intervals", tables.html(rows, columns)),
+                 ("Note", f"<p>{c.note}</p>")] + figs)
     return results

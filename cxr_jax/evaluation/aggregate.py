@@ -64,3 +64,23 @@ def summarise(rows: Sequence[dict], finding_names: Sequence[str], methods: Seque
     return {"pointing_game": pg_class, "pointing_game_pooled": pg_pooled,
             "pointing_game_ci": pg_ci, "table": table, "counts": counts,
             "agreement": _agreement(rows, methods)}
+
+
+def intervals(rows: Sequence[dict], findings: Sequence[str], methods: Sequence[str]
+              ) -> dict[str, dict[str, list[float]]]:
+    """95% stratified bootstrap intervals of each method's class mean over `findings` of every
+    metric in METRICS (`metrics.class_mean_interval`; unscored images are skipped).
+
+    Returns:
+      {method: {metric: [low, high]}} for the metrics the rows hold.
+    """
+    out: dict[str, dict[str, list[float]]] = {}
+    for m in methods:
+        out[m] = {}
+        for metric in METRICS:
+            per_finding = {f: [np.nan if r[m][metric] is None else float(r[m][metric])
+                               for r in rows if r["finding"] == f and metric in r.get(m, {})]
+                           for f in findings}
+            if any(per_finding.values()):
+                out[m][metric] = list(metrics.class_mean_interval(per_finding))
+    return out

@@ -208,6 +208,12 @@ def _read_done(path: str) -> dict:
     return rows
 
 
+def read_rows(workdir: str) -> list[dict]:
+    """The per-image rows an evaluation in `workdir` wrote (per_image.jsonl), one per (finding,
+    image)."""
+    return list(_read_done(os.path.join(workdir, "per_image.jsonl")).values())
+
+
 def _end_cut_line(path: str) -> None:
     """Ends a last line cut short by a kill, so the next row starts on its own line."""
     if os.path.exists(path) and os.path.getsize(path):

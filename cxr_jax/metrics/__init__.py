@@ -58,6 +58,7 @@ from cxr_jax.metrics.pointing import (
     pointing_game_centre,
     pointing_game_points,
     pointing_game_interval,
+    class_mean_interval,
     pointing_game_summary,
     saliency_peaks,
 )
@@ -104,6 +105,7 @@ __all__ = [
     "pointing_game_centre",
     "pointing_game_points",
     "pointing_game_interval",
+    "class_mean_interval",
     "pointing_game_summary",
     "saliency_peaks",
     "top_class_mask",

@@ -162,8 +162,9 @@ class PointingGameSummary(NamedTuple):
     names: tuple[str, ...] | None
 
 
-def _columns(hits) -> tuple[tuple[str, ...] | None, list[np.ndarray]]:
-    """(class names or None, one float array of 1/0/NaN per class) from any form of `hits`."""
+def _columns(hits, binary: bool = True) -> tuple[tuple[str, ...] | None, list[np.ndarray]]:
+    """(class names or None, one float array per class) from any form of `hits`; with `binary`
+    the values must be 1, 0 or NaN."""
     names = None
     if isinstance(hits, Mapping):
         names = tuple(hits.keys())
@@ -178,7 +179,7 @@ def _columns(hits) -> tuple[tuple[str, ...] | None, list[np.ndarray]]:
             raise ValueError(f"hits must be [B, K], a list of 1-D arrays or a mapping; got an "
                              f"array of shape {arr.shape}.")
         columns = list(arr.T)
-    for col in columns:
+    for col in columns if binary else ():
         ok = col[~np.isnan(col)]
         if not np.all((ok == 0) | (ok == 1)):
             raise ValueError("pointing-game hits must be 1, 0 or NaN.")
@@ -210,15 +211,33 @@ def pointing_game_summary(hits) -> PointingGameSummary:
 
 def pointing_game_interval(hits, *, level: float = 0.95, n_boot: int = 2000, seed: int = 0
                            ) -> tuple[float, float]:
-    """Bootstrap interval of the class-mean pointing game (`pointing_game_summary().accuracy`).
-
-    Each replicate resamples, with replacement, the scored images of every class separately
-    (a stratified bootstrap: the class sizes stay fixed) and takes the class mean of the
-    per-class rates; the interval is the (1 - level) / 2 and (1 + level) / 2 quantiles of
-    `n_boot` replicates.
+    """Bootstrap interval of the class-mean pointing game (`pointing_game_summary().accuracy`):
+    `class_mean_interval` of the hits, which must be 1, 0 or NaN.
 
     Args:
       hits: as `pointing_game_summary`.
+      level, n_boot, seed: as `class_mean_interval`.
+    Returns:
+      (low, high); (NaN, NaN) when no class has a scored image.
+    """
+    _columns(hits)  # validates the hits
+    return class_mean_interval(hits, level=level, n_boot=n_boot, seed=seed)
+
+
+def class_mean_interval(values, *, level: float = 0.95, n_boot: int = 2000, seed: int = 0
+                        ) -> tuple[float, float]:
+    """Bootstrap interval of a class mean: the mean over classes of each class's mean over its
+    images (NaN entries are unscored and skipped), for any per-image value (pointing-game hits,
+    box IoU, EHR, insertion AUC).
+
+    Each replicate resamples, with replacement, the scored images of every class separately
+    (a stratified bootstrap: the class sizes stay fixed) and takes the class mean of the
+    per-class means; the interval is the (1 - level) / 2 and (1 + level) / 2 quantiles of
+    `n_boot` replicates.
+
+    Args:
+      values: [B, K] array (one column per class, NaN where unscored), a sequence of K 1-D
+        arrays, or a mapping {class name: 1-D array}.
       level: coverage of the interval.
       n_boot: bootstrap replicates.
       seed: seed of the resampling (the interval is a deterministic function of it).
@@ -227,15 +246,14 @@ def pointing_game_interval(hits, *, level: float = 0.95, n_boot: int = 2000, see
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie in (0, 1), got {level}.")
-    _, columns = _columns(hits)
+    _, columns = _columns(values, binary=False)
     rng = np.random.default_rng(seed)
-    rates = []
+    means = []
     for col in columns:
         ok = col[~np.isnan(col)]
         if len(ok):
-            rates.append(ok[rng.integers(0, len(ok), size=(n_boot, len(ok)))].mean(axis=1))
-    if not rates:
+            means.append(ok[rng.integers(0, len(ok), size=(n_boot, len(ok)))].mean(axis=1))
+    if not means:
         return float("nan"), float("nan")
-    means = np.mean(rates, axis=0)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    lo, hi = np.quantile(np.mean(means, axis=0), [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
