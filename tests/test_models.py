@@ -90,6 +90,23 @@ def test_stage_shapes_full_size():
     assert shapes["layer4"] == (1, 7, 7, 2048) and shapes["fc"] == (1, 1)
 
 
+@pytest.mark.parametrize("name", ["resnet34", "resnet50", "densenet121"])
+def test_slim_variants_keep_depth_and_map_sizes(name):
+    # The paper configs' reduced models: every stage and unit of the published architecture, the
+    # same map sizes (7 x 7 after the last stage at 224 px), a quarter of the channels. (ResNet-152
+    # and DenseNet-169 differ from ResNet-50 and DenseNet-121 in unit counts only.)
+    full = models.get(name, num_classes=2)
+    slim = models.get(f"{name}_slim", num_classes=2)
+    assert slim.stages == full.stages and slim.layers == full.layers
+    a = stage_shapes(full, (1, 224, 224, 1))
+    b = stage_shapes(slim, (1, 224, 224, 1))
+    for stage in full.stages:
+        assert a[stage][:-1] == b[stage][:-1], stage
+        if len(a[stage]) == 4:
+            assert a[stage][-1] == 4 * b[stage][-1], stage
+    assert b[full.layers.explain][1:3] == (7, 7)
+
+
 def _tiny(name, num_classes=3, size=48, batch=2, seed=0):
     model = models.get(name, num_classes=num_classes)
     x = jax.random.normal(jax.random.key(seed), (batch, size, size, 1))

@@ -23,6 +23,20 @@ _BUILDERS: dict[str, Callable[..., Model]] = {
                                      widths=(8, 16, 32, 64), stem=8),
     "resnet_tiny_bottleneck": functools.partial(resnet, block="bottleneck", layers=(1, 2, 1, 1),
                                                 widths=(4, 8, 16, 32), stem=8),
+    # The published architectures at full depth and a quarter of their width (~1/16 of the
+    # multiply-adds): the same stages, units and map sizes (7 x 7 after the last stage at 224
+    # px), so the papers' comparisons keep what they compared on a CPU budget
+    # (experiments/configs/paper_*.py:reduced).
+    "resnet34_slim": functools.partial(resnet, block="basic", layers=(3, 4, 6, 3),
+                                       widths=(16, 32, 64, 128), stem=16),
+    "resnet50_slim": functools.partial(resnet, block="bottleneck", layers=(3, 4, 6, 3),
+                                       widths=(16, 32, 64, 128), stem=16),
+    "resnet152_slim": functools.partial(resnet, block="bottleneck", layers=(3, 8, 36, 3),
+                                        widths=(16, 32, 64, 128), stem=16),
+    "densenet121_slim": functools.partial(densenet, growth_rate=8, block_config=(6, 12, 24, 16),
+                                          num_init_features=16),
+    "densenet169_slim": functools.partial(densenet, growth_rate=8, block_config=(6, 12, 32, 32),
+                                          num_init_features=16),
     # The CPU quickstart's classifier: resnet_tiny at twice the width (~4x the compute); it finds
     # the phantoms' small nodules reliably where resnet_tiny often does not.
     "resnet_small": functools.partial(resnet, block="basic", layers=(1, 1, 1, 1),
