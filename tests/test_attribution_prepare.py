@@ -120,6 +120,16 @@ def test_layer_aliases_are_resolved_by_the_model():
     p = attribution.prepare("normgrad", {"layer": ["layer2.0", "layer4.last", "layer4.0"]},
                             model, {})
     assert p.hparams["layer"] == ["layer2.0", "layer4.0"]
+    # points inside units and NormGrad's "convs" pass through for the method to resolve; a
+    # misspelt point is still an error before any work starts
+    p = attribution.prepare("normgrad", {"layer": ["layer2.0.conv2", "layer4.last"]}, model, {})
+    assert p.hparams["layer"] == ["layer2.0.conv2", "layer4.0"]
+    assert attribution.prepare("normgrad", {"layer": "layer4.0.conv1"}, model,
+                               {}).hparams["layer"] == "layer4.0.conv1"
+    assert attribution.prepare("normgrad", {"layer": "convs"}, model, {}).hparams["layer"] == \
+        "convs"
+    with pytest.raises(ValueError, match="layer4.0.conv9"):
+        attribution.prepare("normgrad", {"layer": "layer4.0.conv9"}, model, {})
 
 
 def test_default_methods_follow_the_registry():

@@ -86,12 +86,23 @@ class Cache:
 
 
 def _resolve_layers(model, layer):
-    """Layer names as the model's stages (aliases resolved; a list deduplicated, in order)."""
+    """Layer names as the model's stages (aliases resolved; a list deduplicated, in order).
+    Points inside units ("layer4.2.conv2", `Model.points`) and NormGrad's "convs" /
+    "<stage>.convs" are kept as they are: the method resolves them."""
     if layer is None:
         return None
+    if not hasattr(model, "layer"):
+        return layer if isinstance(layer, str) else list(dict.fromkeys(layer))
+    points = set(getattr(model, "points", ()) or ())
+
+    def resolve(name):
+        if isinstance(name, str) and (name in points or name == "convs"
+                                      or name.endswith(".convs")):
+            return name
+        return model.layer(name)
+
     if isinstance(layer, str):
-        return model.layer(layer) if hasattr(model, "layer") else layer
-    resolve = model.layer if hasattr(model, "layer") else (lambda name: name)
+        return resolve(layer)
     return list(dict.fromkeys(resolve(name) for name in layer))
 
 
