@@ -16,8 +16,8 @@ Claims (each a dict with "kind", "claim" (the paper's words, short) and kind-spe
   best_model  {"metric", "models": name prefixes}: averaged over methods, a model of the group
               scores highest.
   untestable  {"why"}: cannot be tested on this data; the reason is stated.
-A verdict is "holds" or "does not hold" on our point estimates, plus whether the 95% intervals
-of the two sides compared are separated ("separated") or overlap ("within noise").
+A verdict is "holds", "does not hold" or "a tie" on our point estimates, plus whether the 95%
+intervals of the two sides compared are separated ("separated") or overlap ("within noise").
 """
 
 from __future__ import annotations
@@ -123,6 +123,20 @@ def _value(row: Mapping, metric: str) -> tuple[float, tuple[float, float]]:
     return (float("nan") if v is None else float(v)), lohi
 
 
+def _compare(ours: float, other: float) -> bool | str:
+    """True when ours is above, False when below, "tie" when equal (e.g. both at a ceiling)."""
+    return "tie" if ours == other else bool(ours > other)
+
+
+def _combine(verdicts: Sequence[bool | str]) -> bool | str | None:
+    """One verdict over models: None without any, False if any fails, "tie" if any ties."""
+    if not verdicts:
+        return None
+    if False in verdicts:
+        return False
+    return "tie" if "tie" in verdicts else True
+
+
 def _models(rows, claim) -> list[str]:
     tags = list(dict.fromkeys(r["model"] for r in rows))
     return [claim["model"]] if claim.get("model") else tags
@@ -142,10 +156,10 @@ def _check_best(rows, claim) -> tuple[bool | None, str]:
             continue
         best_ours = max(ours, key=lambda s: s[1])
         best_other = max(others, key=lambda s: s[1])
-        holds.append(best_ours[1] > best_other[1])
+        holds.append(_compare(best_ours[1], best_other[1]))
         notes.append(f"{tag}: best of the group {best_ours[0]} {best_ours[1]:.3f}, best other "
                      f"{best_other[0]} {best_other[1]:.3f} ({_noise(best_ours[2], best_other[2])})")
-    return (all(holds) if holds else None), "; ".join(notes)
+    return _combine(holds), "; ".join(notes)
 
 
 def _check_greater(rows, claim) -> tuple[bool | None, str]:
@@ -157,10 +171,10 @@ def _check_greater(rows, claim) -> tuple[bool | None, str]:
                                               and math.isfinite(by[b][0])):
             notes.append(f"{tag}: {a} or {b} not scored")
             continue
-        holds.append(by[a][0] > by[b][0])
+        holds.append(_compare(by[a][0], by[b][0]))
         notes.append(f"{tag}: {a} {by[a][0]:.3f} vs {b} {by[b][0]:.3f} "
                      f"({_noise(by[a][1], by[b][1])})")
-    return (all(holds) if holds else None), "; ".join(notes)
+    return _combine(holds), "; ".join(notes)
 
 
 def agreement_means(names: Sequence[str], matrix) -> tuple[float, float]:
@@ -182,9 +196,9 @@ def _check_agreement(results, claim) -> tuple[bool | None, str]:
         if not (math.isfinite(between) and math.isfinite(truth)):
             notes.append(f"{tag}: no agreement matrix")
             continue
-        holds.append(between > truth)
+        holds.append(_compare(between, truth))
         notes.append(f"{tag}: methods vs each other {between:.3f}, vs ground truth {truth:.3f}")
-    return (all(holds) if holds else None), "; ".join(notes)
+    return _combine(holds), "; ".join(notes)
 
 
 def _check_best_model(rows, claim) -> tuple[bool | None, str]:
@@ -199,14 +213,15 @@ def _check_best_model(rows, claim) -> tuple[bool | None, str]:
     if not ours or not others:
         return None, "not enough models scored"
     text = ", ".join(f"{t} {v:.3f}" for t, v in sorted(scored.items(), key=lambda kv: -kv[1]))
-    return max(ours.values()) > max(others.values()), f"mean over methods: {text}"
+    return _compare(max(ours.values()), max(others.values())), f"mean over methods: {text}"
 
 
 def check_claims(claims: Sequence[Mapping], rows: Sequence[dict], results: Mapping
                  ) -> list[dict]:
     """Each claim with our verdict: {"claim", "paper", "verdict", "evidence"}; verdict is
-    "holds on phantoms", "does not hold on phantoms" (or "on this data" for a real dataset, as
-    the claim's "data" says), or "cannot be tested here".
+    "holds on phantoms", "does not hold on phantoms", "a tie on phantoms" (the two sides score
+    the same, e.g. both at the ceiling: the data cannot separate them), with the claim's "data"
+    in place of "phantoms" for a real dataset, or "cannot be tested here".
 
     Args:
       claims: the config's claims (see the module doc).
@@ -229,6 +244,7 @@ def check_claims(claims: Sequence[Mapping], rows: Sequence[dict], results: Mappi
             raise ValueError(f"Unknown claim kind {kind!r}: one of {', '.join(checks)}, "
                              "untestable.")
         text = ("cannot be tested here" if verdict is None else
+                f"a tie on {data}" if verdict == "tie" else
                 f"holds on {data}" if verdict else f"does not hold on {data}")
         out.append({"claim": claim["claim"], "paper": claim.get("paper", ""), "verdict": text,
                     "evidence": evidence})
