@@ -267,6 +267,17 @@ def test_bad_choices_stop_before_any_work(workdir_model, folder, tmp_path):
     assert not out.exists()
 
 
+def test_method_specs_accept_points_inside_units(workdir_model):
+    # NormGrad where TorchRay reads (a convolution inside a unit) passes the checks; a misspelt
+    # point is named in the error.
+    loaded = models.load(workdir_model)
+    point = loaded.model.points[-1]
+    specs = explain.method_specs(loaded, "normgrad,gradcam", layer=point)
+    assert specs["normgrad"][1]["layer"] == point
+    with pytest.raises(ValueError, match="conv9"):
+        explain.method_specs(loaded, "normgrad", layer=point.rsplit(".", 1)[0] + ".conv9")
+
+
 @pytest.mark.skipif(not REAL, reason="set CXR_JAX_REAL_DATA to the real-data folder")
 def test_real_files(workdir_model, tmp_path):
     """The published files: NIH 8-bit PNGs, the COVID JPEG (three equal channels), both

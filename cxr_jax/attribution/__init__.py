@@ -36,7 +36,7 @@ from cxr_jax.attribution import iba  # noqa: E402,F401
 from cxr_jax.attribution import postprocess  # noqa: E402
 from cxr_jax.attribution.multi import explain_multi  # noqa: E402
 from cxr_jax.attribution.prepare import (  # noqa: E402
-    Cache, Prepared, data_inputs, prepare, prepare_all)
+    Cache, Prepared, data_inputs, prepare, prepare_all, resolve_layers)
 from cxr_jax.attribution.iba.methods import iba_capacity  # noqa: E402
 from cxr_jax.attribution.iba.multilayer import (  # noqa: E402
     combine_multilayer, reference_threshold)
@@ -51,5 +51,5 @@ FIRST_LOOK = ("gradcam", "integrated_gradients", "iba")
 __all__ = ["Cache", "FIRST_LOOK", "IBAStats", "Method", "Need", "Prepared", "Targets", "combine_multilayer",
            "data_inputs", "explain_multi", "get", "iba_capacity", "iba_stats", "info", "infos",
            "load_iba_stats", "names", "noise_check", "noise_logits", "postprocess", "prepare",
-           "prepare_all", "reference_threshold", "register", "resolve_layer", "save_iba_stats",
-           "score_fn"]
+           "prepare_all", "reference_threshold", "register", "resolve_layer", "resolve_layers",
+           "save_iba_stats", "score_fn"]

@@ -85,7 +85,7 @@ class Cache:
         return value
 
 
-def _resolve_layers(model, layer):
+def resolve_layers(model, layer):
     """Layer names as the model's stages (aliases resolved; a list deduplicated, in order).
     Points inside units ("layer4.2.conv2", `Model.points`) and NormGrad's "convs" /
     "<stage>.convs" are kept as they are: the method resolves them."""
@@ -136,14 +136,14 @@ def _prepare(method: str, hparams: Mapping[str, Any], model, variables, images: 
     info = registry.info(method)
     hp = dict(hparams or {})
     if "layer" in hp:
-        hp["layer"] = _resolve_layers(model, hp["layer"])
+        hp["layer"] = resolve_layers(model, hp["layer"])
     need = info.needs
     if need is not None and need.keyword not in hp:
         if hp.get("layer") is None:
             if info.layer is None:
                 raise ValueError(f"{method} needs a layer to estimate {need.what} at; pass "
                                  f"layer=...")
-            hp["layer"] = _resolve_layers(model, default_layer(model, info.layer))
+            hp["layer"] = resolve_layers(model, default_layer(model, info.layer))
         layers = [hp["layer"]] if isinstance(hp["layer"], str) else list(hp["layer"])
         what = f"{method} needs {need.what} of {', '.join(layers)}"
         values = {layer: cache.get(need, layer, functools.partial(

@@ -70,9 +70,8 @@ def method_specs(loaded: models.Loaded, methods: str | Sequence[str], *,
             hp["layer"] = layer  # methods of one layer; those of several keep theirs
         hp.update(hparams.get(name, {}))
         if hp.get("layer") is not None:
-            chosen = hp["layer"]
-            for one in [chosen] if isinstance(chosen, str) else chosen:
-                model.layer(one)  # raises, listing the model's stages
+            # raises, listing the model's stages (points inside units are accepted too)
+            attribution.resolve_layers(model, hp["layer"])
         specs[name] = (name, hp)
     return specs
 
