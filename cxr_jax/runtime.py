@@ -92,3 +92,11 @@ def setup(*, compilation_cache: str | None = DEFAULT_CACHE, multihost: bool = Fa
 def is_writer() -> bool:
     """True on the process that writes results (process 0)."""
     return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Waits until every process reaches the barrier `name` (nothing to wait for with one
+    process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)

@@ -1,5 +1,6 @@
 """The job of the multi-process test (`test_multiprocess.py`), also run as one process for
-reference: train a tiny classifier on phantoms, evaluate it, dissect one of its layers.
+reference: train a tiny classifier on phantoms, evaluate it, dissect one of its layers,
+explain a folder of PNGs with the explain command.
 
     python tests/multiprocess_job.py OUT NUM_PROCESSES PROCESS_ID COORDINATOR
 
@@ -50,6 +51,24 @@ def main(out: str, num_processes: int, process_id: int, coordinator: str) -> Non
                for s in range(0, 24, 8)]
     d = semantics.dissect(trained.model, variables, batches, layer="layer2", quantile=0.05,
                           resolution=16, mesh=mesh)
+    # The explain command: the processes split the files; process 0 writes the report.
+    from PIL import Image
+
+    from cxr_jax import explain
+    folder = os.path.join(out, "images")
+    if runtime.is_writer():
+        os.makedirs(folder)
+        pngs = phantoms.generate(7, image_size=config.image_size, seed=13, intensity="unit")
+        for i, im in enumerate(pngs.images[..., 0]):
+            Image.fromarray(np.round(im * 255).astype(np.uint8)).save(
+                os.path.join(folder, f"img_{i}.png"))
+        with open(os.path.join(folder, "broken.png"), "w") as f:
+            f.write("not an image")
+    runtime.barrier("job: images written")
+    ex = explain.explain_files(os.path.join(out, "train"), folder, os.path.join(out, "explain"),
+                               methods="gradcam,gradient", batch_size=8, overlays=False,
+                               min_side=16, progress=False)
+
     if runtime.is_writer():
         res = trained.results
         with open(os.path.join(out, "job.json"), "w") as f:
@@ -59,7 +78,10 @@ def main(out: str, num_processes: int, process_id: int, coordinator: str) -> Non
                                   jax.tree_util.tree_leaves(variables)],
                        "pointing_game": summary["pointing_game"], "counts": summary["counts"],
                        "thresholds": np.asarray(d.thresholds).tolist(),
-                       "iou": np.asarray(d.iou).tolist()}, f)
+                       "iou": np.asarray(d.iou).tolist(),
+                       "explain_counts": ex["counts"],
+                       "explain_skipped": [os.path.basename(k["path"]) for k in ex["skipped"]],
+                       "explain_processes": ex["processes"]}, f)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Two real JAX processes on this machine (coordinator on 127.0.0.1, gloo collectives, 4 CPU
-devices each) train, evaluate and dissect a tiny model; the numbers equal one process with 8
-devices. Deselect with `-m "not multiprocess"`."""
+devices each) train, evaluate and dissect a tiny model and explain a folder with it; the numbers
+and maps equal one process with 8 devices. Deselect with `-m "not multiprocess"`."""
 
 import json
 import os
@@ -37,13 +37,14 @@ def test_two_processes_train_evaluate_and_dissect_as_one(tmp_path):
     # The reference runs here, in this process's 8 devices, while the two processes run.
     multiprocess_job.main(str(one), 1, 0, "")
     logs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
+    codes = [p.returncode for p in procs]
+    assert codes == [0, 0], "\n".join(f"--- process {i} (exit {c}):\n{log[-2500:]}"
+                                       for i, (c, log) in enumerate(zip(codes, logs)))
     a = json.loads((one / "job.json").read_text())
     b = json.loads((two / "job.json").read_text())
     assert (a["processes"], a["devices"], b["processes"], b["devices"]) == (1, 8, 2, 8)
     # Only process 0 wrote: one job.json, one evaluation file, one results file.
-    assert sorted(os.listdir(two)) == ["eval", "job.json", "train"]
+    assert sorted(os.listdir(two)) == ["eval", "explain", "images", "job.json", "train"]
     # Training: the same global batches, so the same losses and weights up to the order of the
     # cross-device sums (measured: relative differences below 2e-5).
     for h1, h2 in zip(a["history"], b["history"]):
@@ -59,3 +60,23 @@ def test_two_processes_train_evaluate_and_dissect_as_one(tmp_path):
         assert a["pointing_game"][m] == pytest.approx(b["pointing_game"][m], abs=1e-9)
     np.testing.assert_allclose(a["thresholds"], b["thresholds"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(a["iou"], b["iou"], atol=1e-3)
+    # The explain command: the two processes split the 8 files, 7 explained and the broken one
+    # skipped and reported once; each map equals the one-process map of the same file (the
+    # weights differ by the training's float rounding only).
+    assert b["explain_processes"] == 2 and a["explain_processes"] == 1
+    assert a["explain_counts"] == b["explain_counts"]
+    assert b["explain_counts"]["explained"] == 7 and b["explain_skipped"] == ["broken.png"]
+    names = sorted(f for f in os.listdir(one / "explain" / "maps"))
+    assert names == sorted(os.listdir(two / "explain" / "maps")) and len(names) == 7
+    for name in names:
+        m1, m2 = (np.load(d / "explain" / "maps" / name) for d in (one, two))
+        assert m1.files == m2.files
+        for k in m1.files:
+            if m1[k].dtype.kind in "fc":
+                np.testing.assert_allclose(m1[k], m2[k], rtol=1e-3, atol=1e-4)
+            elif k == "path":  # each job reads its own copy of the folder
+                assert os.path.basename(str(m1[k])) == os.path.basename(str(m2[k])) == name[:-4]
+            else:
+                np.testing.assert_array_equal(m1[k], m2[k])
+    assert (two / "explain" / "results.json").exists()
+    assert not [f for f in os.listdir(two / "explain") if f.startswith(".share_")]

@@ -181,6 +181,23 @@ def _explain_todo(explainer: Explainer, todo, writer: Writer, skipped: list, tim
     return explained
 
 
+def _gather_share(workdir: str, explained: int, skipped: list) -> tuple[int, list]:
+    """With several processes: every process's (explained count, skipped files), summed and
+    joined in process order, through small files in `workdir` (a filesystem all processes
+    read, as the maps themselves need). With one process: the arguments unchanged."""
+    if jax.process_count() == 1:
+        return explained, skipped
+    path = lambda p: os.path.join(workdir, f".share_{p}.json")
+    write_json(path(jax.process_index()), {"explained": explained, "skipped": skipped})
+    runtime.barrier("explain: every share written")
+    shares = [read_json(path(p)) for p in range(jax.process_count())]
+    runtime.barrier("explain: every share read")
+    if runtime.is_writer():
+        for p in range(jax.process_count()):
+            os.remove(path(p))
+    return (sum(s["explained"] for s in shares), [f for s in shares for f in s["skipped"]])
+
+
 def explain_files(model: str | os.PathLike | models.Loaded, images: str | os.PathLike,
                   workdir: str | os.PathLike, *, methods: str | Sequence[str] = DEFAULT_METHODS,
                   targets: str | Sequence[str] = "top1", layer: str | None = None,
@@ -242,12 +259,20 @@ def explain_files(model: str | os.PathLike | models.Loaded, images: str | os.Pat
     if todo:
         explainer.compile()
     timer.add("compile", t0)
-    explained = _explain_todo(explainer, todo, writer, skipped, timer, min_side=min_side,
-                              progress=progress)
+    # Several processes split the images (process p takes every P-th one still to do), each
+    # explaining its share on its own devices and writing its own files; then process 0
+    # gathers the counts and skipped files and writes the report over every map.
+    rank, size = jax.process_index(), jax.process_count()
+    local_skipped: list = []
+    explained = _explain_todo(explainer, todo[rank::size], writer, local_skipped, timer,
+                              min_side=min_side, progress=progress)
+    explained, local_skipped = _gather_share(workdir, explained, local_skipped)
+    skipped += local_skipped
     results = {
         "model": meta.summary(), "images": os.fspath(images), "targets": chosen.spec,
         "methods": method_settings(ready),
-        "batch_size": explainer.batch_size, "devices": len(jax.local_devices()),
+        "batch_size": explainer.batch_size, "devices": jax.device_count(),
+        "processes": jax.process_count(),
         "iba_stats": {"copied": copied, "folder": stats_dir} if copied else stats_dir,
         "warnings": caught,
         "counts": {"listed": len(items), "explained": explained,
@@ -257,8 +282,9 @@ def explain_files(model: str | os.PathLike | models.Loaded, images: str | os.Pat
     }
     t0 = time.perf_counter()
     done = [it for it in items if os.path.exists(map_path(workdir, it.name))]
-    report.write(workdir, done, meta, list(ready), results, page_size=page_size,
-                 overlays=overlays)
+    if runtime.is_writer():
+        report.write(workdir, done, meta, list(ready), results, page_size=page_size,
+                     overlays=overlays)
     timer.add("report", t0)
     timer.seconds.update(total=time.perf_counter() - t_start,
                          compile_per_method=explainer.compile_s)
