@@ -125,18 +125,20 @@ def test_agreement_claim_from_the_matrix():
 def test_paper_configs_name_known_claims_methods_and_models(module):
     from cxr_jax import models
     from cxr_jax.evaluation import methods as method_sets
-    for variant in ("reduced", "full"):
+    for variant in ("reduced", "gpu", "full"):
         c = module.get_config(variant)
         for entry in c.models:
             assert entry.partition("@")[0] in models.names()
         tags = [m.replace("@", "_") for m in c.models]
         for claim in c.claims:
             assert claim["kind"] in ("best", "greater", "agreement", "best_model", "untestable")
-            if claim.get("model") and variant == "reduced":
+            if claim.get("model") and variant != "full":
                 assert claim["model"] in tags, claim
             for key in ("a", "b"):
                 if key in claim:
                     assert claim[key] in c.methods
         method_sets.for_task(c.methods.to_dict(), regression=False)  # every method resolves
-    with pytest.raises(ValueError, match="reduced or full"):
+    gpu = module.get_config("gpu")
+    assert gpu.train.steps == 3000 and not any("_slim" in m for m in gpu.models)
+    with pytest.raises(ValueError, match="reduced, gpu or full"):
         module.get_config("tiny")

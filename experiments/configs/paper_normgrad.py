@@ -10,8 +10,9 @@ layer3.0, layer4.0, layer4.2).
         --config=experiments/configs/paper_normgrad.py:full --config.train.data_dir=/data/object-CXR
 
 "reduced": ResNet-34 at full depth and a quarter of its width (`resnet34_slim`), trained on
-phantoms at SIZE px, where layer4 is a SIZE/32 x SIZE/32 map (the paper's ResNet-34 at 600 px:
-19 x 19); "full": ResNet-34 on Object-CXR at 600 px.
+phantoms at 224 px for 1,000 steps, where layer4 is a 7 x 7 map (the paper's ResNet-34 at 600
+px: 19 x 19); "gpu": the same at full width and 3,000 steps; "full": ResNet-34 on Object-CXR at
+600 px.
 
 NormGrad sits where TorchRay's hooks read: single-layer at the last unit's second convolution
 (`layer4.2.conv2`, its output before batch norm, add and ReLU), where every variant, bias
@@ -25,6 +26,7 @@ table keeps that row to show it.
 import ml_collections
 
 from experiments.configs import evaluate as evaluate_config
+from experiments.configs import papers
 from experiments.configs import train as train_config
 
 VARIANTS = ("conv1x1", "scaling", "bias", "conv3x3", "selective")
@@ -65,7 +67,7 @@ def get_config(variant: str = "reduced") -> ml_collections.ConfigDict:
     c.eval.faithfulness = False
     c.eval.sensitivity_num_n = 0
     c.eval.iba_samples = 0
-    if variant == "reduced":
+    if variant in ("reduced", "gpu"):
         c.train = train_config.get_config("quickstart")
         c.train.model = "resnet34_slim"
         c.train.image_size = 224
@@ -95,5 +97,5 @@ def get_config(variant: str = "reduced") -> ml_collections.ConfigDict:
                   "(only global average pooling follows it); inside the unit it is defined.")
         c.claims[0]["data"] = "Object-CXR"
     else:
-        raise ValueError(f"Unknown variant {variant!r}: reduced or full.")
-    return c
+        raise ValueError(f"Unknown variant {variant!r}: reduced, gpu or full.")
+    return papers.full_width(c) if variant == "gpu" else c
