@@ -3,6 +3,12 @@
 Two managers under the workdir: `checkpoints/` (periodic, the last `keep`) and `best/` (the
 best-so-far by a metric). Orbax writes each step into a temporary directory and renames it when
 complete, so a run killed mid-write leaves no checkpoint that a restart would pick up.
+
+On several processes every save synchronises the processes through barriers named by Orbax.
+The two managers get their own barrier prefixes, and a save waits until the other manager's
+pending save has finished: without both, one manager's background finalisation and the other's
+next save meet at the same barrier name (seen as "Barrier ... set_value_start is already
+ongoing" and a shutdown-barrier timeout in the two-process test).
 """
 
 from __future__ import annotations
@@ -22,15 +28,19 @@ class Checkpointer:
         self.best_metric = best_metric
         self.periodic = ocp.CheckpointManager(
             os.path.join(workdir, "checkpoints"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                                 cleanup_tmp_directories=True))
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix="cxr_periodic")))
         self.best = None
         if best_metric:
             self.best = ocp.CheckpointManager(
                 os.path.join(workdir, "best"),
                 options=ocp.CheckpointManagerOptions(
                     max_to_keep=1, create=True, best_fn=lambda m: m[best_metric],
-                    best_mode=best_mode, cleanup_tmp_directories=True))
+                    best_mode=best_mode, cleanup_tmp_directories=True,
+                    multiprocessing_options=ocp.options.MultiprocessingOptions(
+                        barrier_sync_key_prefix="cxr_best")))
 
     @staticmethod
     def _args(state: Any, extras: dict) -> ocp.args.Composite:
@@ -39,11 +49,14 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, extras: dict) -> None:
         """Saves a periodic checkpoint (asynchronously; `wait` before exiting)."""
+        if self.best is not None:
+            self.best.wait_until_finished()
         self.periodic.save(step, args=self._args(state, extras), force=True)
 
     def save_best(self, step: int, state: Any, extras: dict, metrics: dict) -> None:
         """Keeps this step if `metrics[best_metric]` is the best so far."""
         if self.best is not None and step not in self.best.all_steps():
+            self.periodic.wait_until_finished()
             self.best.save(step, args=self._args(state, extras), metrics=metrics, force=True)
 
     def latest_step(self) -> int | None:
