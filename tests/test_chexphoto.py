@@ -228,3 +228,32 @@ def test_images_load_at_64_px(release):
         x, boxes, masks = load_record(rec, size=64)
         assert x.shape == (64, 64, 1) and np.isfinite(x).all()
         assert boxes == () and masks is None
+
+
+def test_chexphoto_as_a_training_dataset_prepares_into_shards(release, tmp_path):
+    """`--config.dataset=chexphoto` names the release folder: its train and valid CSVs become
+    the splits (with the photo subsets kept), and the prepare command's shards hold the rows a
+    decoding source gives."""
+    import ml_collections
+
+    from cxr_jax.data import real, shards
+    from cxr_jax.data.loader import RecordSource
+    root, _, _ = release
+    train_rows = [r.replace("/valid/", "/train/") for r in PHOTO_ROWS[:4]]
+    _write_csv(root / "CheXphoto-v1.0" / "train" / "train.csv", train_rows)
+    _write_jpegs(root, train_rows, 2)
+    config = ml_collections.ConfigDict(dict(dataset="chexphoto", policy="zeros", image_size=32,
+                                            num_test=6, data_dir=str(root / "CheXphoto-v1.0")))
+    train, test, names, loss = real.splits(config)
+    assert (len(train), len(test), names, loss) == (4, 6, CHEXPERT_OBSERVATIONS, "bce")
+    assert [r.meta["subset"] for r in test] == SUBSETS
+    assert all(os.path.exists(r.path) for r in train + test)
+    out = str(tmp_path / "shards")
+    shards.write_shards(train, names, out, image_size=32, num_shards=2)
+    src, ref = shards.ShardSource(out), RecordSource(train, names, image_size=32)
+    for i in range(4):
+        np.testing.assert_array_equal(src[i]["image"], ref[i]["image"])
+        np.testing.assert_array_equal(src[i]["labels"], ref[i]["labels"])
+    config.data_dir = str(root / "nowhere")
+    with pytest.raises(ValueError, match="data_dir"):
+        real.splits(config)

@@ -10,7 +10,8 @@ from cxr_jax.data import phantoms
 from cxr_jax.data.loader import ArraySource
 from cxr_jax.data.types import Dataset, LocalisationSet
 
-NAMES = ("phantoms", "phantoms_severity", "nih", "chexpert", "object_cxr", "brixia")
+NAMES = ("phantoms", "phantoms_severity", "nih", "chexpert", "chexphoto", "object_cxr",
+         "brixia")
 
 
 _CHUNK = 2048

@@ -4,8 +4,11 @@
 whose held-out set (at most `config.num_test` images) is decoded once into memory:
   * nih: `data_dir` holds Data_Entry_2017*.csv(.gz), BBox_List_2017.csv, the split lists and
     images/; the official train_val / test split; 14 findings, BCE.
-  * chexpert: `data_dir` holds train.csv and valid.csv (CheXpert or CheXphoto) next to the image
-    folders; `config.policy` for uncertain labels; 14 observations, BCE.
+  * chexpert: `data_dir` holds train.csv and valid.csv next to the image folders;
+    `config.policy` for uncertain labels; 14 observations, BCE.
+  * chexphoto: `data_dir` is the CheXphoto release folder (CheXphoto-v1.0/) with train.csv and
+    valid.csv (or train/train.csv, valid/valid.csv); read with `records.read_chexphoto`, so each
+    record keeps its photo subset in `meta`; CheXpert's 14 observations and policies, BCE.
   * object_cxr: `data_dir` holds train.csv and dev.csv with train/ and dev/ image folders;
     one label ("Foreign Object"), BCE.
   * brixia: `data_dir` holds metadata_global_v2.csv and the DICOMs (dicom_clean/); the global
@@ -66,6 +69,13 @@ def splits(config) -> tuple[list, list, tuple[str, ...], str]:
                                       root=os.path.dirname(root.rstrip("/")), policy=config.policy)
         test = records.read_chexpert(_first_existing(root, ["valid.csv", "valid.csv.gz"]),
                                      root=os.path.dirname(root.rstrip("/")), policy=config.policy)
+        names = records.CHEXPERT_OBSERVATIONS
+    elif kind == "chexphoto":  # the release folder: train.csv and valid.csv, or split/split.csv
+        parent = os.path.dirname(root.rstrip("/"))
+        train = records.read_chexphoto(_first_existing(root, ["train.csv", "train/train.csv"]),
+                                       root=parent, policy=config.policy)
+        test = records.read_chexphoto(_first_existing(root, ["valid.csv", "valid/valid.csv"]),
+                                      root=parent, policy=config.policy)
         names = records.CHEXPERT_OBSERVATIONS
     elif kind == "object_cxr":
         train = records.read_object_cxr(os.path.join(root, "train.csv"),

@@ -14,7 +14,7 @@ import ml_collections
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.dataset = "phantoms"        # phantoms | nih | chexpert | object_cxr | brixia
+    c.dataset = "phantoms"        # phantoms | nih | chexpert | chexphoto | object_cxr | brixia
     c.data_dir = ""               # folder (or CSV) of a real dataset
     c.shards_dir = ""             # real datasets: train from shards experiments.prepare wrote
     c.phantom_style = "v2"        # phantoms: "v2" (textured, the default) or "v1" (earlier numbers)
