@@ -513,6 +513,15 @@ def test_multilayer_iba_optimises_each_layer_separately():
                                atol=1e-7)
     first = np.asarray(I.combine_multilayer(maps, combine="sum", weights=(1, 0)))
     assert 0 < (gated > 0).sum() < (first > 0).sum()  # the gate closes somewhere
+    # Layers given deepest first: the joint suffix still starts at the shallowest, and the
+    # maps come back in the caller's order (layer j keeps its key fold_in(., j)).
+    reverse = np.asarray(I.multilayer_iba(model, variables, x, t, stats=stats, key=key,
+                                          layer=("pool", "features"), combine="sum",
+                                          weights=(1, 2), unroll=1))
+    alone = [region_iba(x, t, keys[0]), region_iba(x, t, keys[1], layer="features")]
+    np.testing.assert_allclose(reverse, I.combine_multilayer(alone, combine="sum",
+                                                             weights=(1, 2)),
+                               rtol=1e-5, atol=1e-7)
     for i in range(2):  # and keeps the first map where the pooled map is high: in the region
         assert gated[i][region_mask(i)].sum() > 0.95 * gated[i].sum() > 0
     with pytest.raises(ValueError, match="no stats for layer"):

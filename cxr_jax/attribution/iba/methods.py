@@ -58,9 +58,9 @@ def _capacity(model, variables, x, targets, *, layer, key, stats, inverse, loss,
             raise ValueError(f"{method}: target_score is for the regression losses "
                              f"{REGRESSION_LOSSES}, not loss={loss!r}.")
         model_loss, aux = classifier_loss(model, targets, loss, batch, method)
-    suffix = lambda z: model.apply(variables, z, start=layer)
-    return optimise(suffix, acts[layer], aux, image_keys(key, batch), stats, model_loss,
-                    settings, inverse=inverse)
+    suffix = lambda zs: (model.apply(variables, zs[0], start=layer),)
+    return optimise(suffix, (acts[layer],), aux, (image_keys(key, batch),), (stats,),
+                    model_loss, settings, inverse=inverse)[0]
 
 
 def iba_capacity(model: Model, variables: Any, x: Array, targets: Any, *,

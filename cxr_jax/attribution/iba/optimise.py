@@ -3,13 +3,16 @@
 Each image has its own alpha [h, w, C] and its own optax Adam state (vmapped over the batch); a
 `lax.scan` runs the steps; a step reruns only the stages after the bottleneck on the
 B x samples noisy activations folded into one batch. One program explains a batch, with no host
-round trips; keys are explicit (`fold_in` per image and per step).
+round trips; keys are explicit (`fold_in` per image and per step). Several bottlenecks
+(Multi-layer IBA) are optimised in the same loop, each on its own, their noisy activations
+joining one suffix pass at their layers.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+import functools
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -176,17 +179,19 @@ def regression_loss(model: Model, logits: Array, targets: Any, loss: str, target
 
 
 # ------------------------------------------------------------------------------- the loop
-def optimise(suffix: Callable[[Array], Array], R: Array, aux: Any, keys: Array,
-             stats: IBAStats, model_loss: Callable[[Array, Any], Array], settings: Settings,
-             *, inverse: bool) -> Array:
+def optimise(suffix: Callable[[tuple[Array, ...]], tuple[Array, ...]], R: Sequence[Array],
+             aux: Any, keys: Sequence[Array], stats: Sequence[IBAStats],
+             model_loss: Callable[[Array, Any], Array], settings: Settings, *,
+             inverse: bool) -> tuple[Array, ...]:
     """`optimise_images` on `settings.chunk` images at a time (None: `auto_chunk`).
 
     The optimisations of different images are independent, so a `lax.map` over chunks gives
     the same capacities with memory for chunk x samples suffix passes instead of B x samples
     (a DenseNet-121 multi-layer IBA at 224 px, batch 8, needed 26 GB in one piece). The batch is
     padded to a multiple of the chunk by repeating its last image, so one program is compiled.
+    Arguments as `optimise_images`.
     """
-    batch = R.shape[0]
+    batch = R[0].shape[0]
     c = min(auto_chunk(settings.chunk, settings.samples), batch)
     if c == batch:
         return optimise_images(suffix, R, aux, keys, stats, model_loss, settings,
@@ -194,73 +199,87 @@ def optimise(suffix: Callable[[Array], Array], R: Array, aux: Any, keys: Array,
     n = -(-batch // c)
     idx = jnp.minimum(jnp.arange(n * c), batch - 1)
     split = lambda a: a[idx].reshape((n, c) + a.shape[1:])
-    cap = jax.lax.map(
-        lambda args: optimise_images(suffix, *args[:3], stats, model_loss, settings,
+    caps = jax.lax.map(
+        lambda args: optimise_images(suffix, *args, stats, model_loss, settings,
                                      inverse=inverse),
-        jax.tree_util.tree_map(split, (R, aux, keys)))
-    return cap.reshape((n * c,) + cap.shape[2:])[:batch]
+        jax.tree_util.tree_map(split, (tuple(R), aux, tuple(keys))))
+    return tuple(cap.reshape((n * c,) + cap.shape[2:])[:batch] for cap in caps)
 
 
-def optimise_images(suffix: Callable[[Array], Array], R: Array, aux: Any, keys: Array,
-                    stats: IBAStats, model_loss: Callable[[Array, Any], Array],
-                    settings: Settings, *, inverse: bool) -> Array:
-    """Per-image bottleneck optimisation for a batch: capacity [B, h, w, C] (nats).
+def optimise_images(suffix: Callable[[tuple[Array, ...]], tuple[Array, ...]],
+                    R: Sequence[Array], aux: Any, keys: Sequence[Array],
+                    stats: Sequence[IBAStats], model_loss: Callable[[Array, Any], Array],
+                    settings: Settings, *, inverse: bool) -> tuple[Array, ...]:
+    """Per-image bottleneck optimisation for a batch, at one or several layers at once.
 
-    In a step the bottleneck is vmapped over images (noise from the image's key folded with the
-    step), the B x S noisy activations go through the suffix as one batch, and the loss is the
-    sum of the per-image losses: images do not interact (eval-mode batch norm), so its gradient
-    with respect to alpha_i is image i's own.
+    Each layer l has its own bottleneck, alpha_l and Adam state per image. In a step the
+    bottlenecks are vmapped over images (noise from the image's key for that layer folded
+    with the step), the noisy activations of every layer go through `suffix` together, and the
+    loss is the sum of the per-image, per-layer losses. Images do not interact (eval-mode batch
+    norm) and neither do layers (layer l's loss reads only its own logits), so the gradient
+    with respect to alpha_l of image i is that of image i at layer l alone: the capacities
+    equal separate optimisations, while one program holds the stages the layers share.
 
     Args:
-      suffix: z [N, h, w, C] -> logits [N, K], the stages after the bottleneck.
-      R: activations at the bottleneck [B, h, w, C].
+      suffix: (z_1 [N, ...], ..., z_L [N, ...]) -> (logits_1 [N, K], ..., logits_L [N, K]):
+        each layer's noisy activations through the stages after that layer.
+      R: activations at each bottleneck, [B, h_l, w_l, C_l] per layer.
       aux: per-image data for the model loss (pytree with leading B).
-      keys: one PRNG key per image [B].
-      stats: the layer's statistics.
+      keys: one PRNG key per image [B], per layer.
+      stats: each layer's statistics.
       model_loss: (logits [S, K], aux_i) -> scalar model loss of one image.
       settings: the hyperparameters.
       inverse: Inverse IBA: signal and noise swapped, the model loss maximised.
     Returns:
-      The capacity the last step evaluated (as the reference reports it), [B, h, w, C].
+      Per layer, the capacity the last step evaluated (as the reference reports it),
+      [B, h_l, w_l, C_l].
     """
     s = settings
-    R = R.astype(jnp.float32)
-    batch, shape = R.shape[0], R.shape[1:]
-    active = (stats.active_rate > s.active_threshold).astype(jnp.float32)
+    R = tuple(r.astype(jnp.float32) for r in R)
+    batch = R[0].shape[0]
+    active = tuple((st.active_rate > s.active_threshold).astype(jnp.float32) for st in stats)
+    r_std = tuple((r - st.mean) / st.std for r, st in zip(R, stats))
     # Inactive features are zero in z: fold the mask into signal and noise once.
-    r_std = (R - stats.mean) / stats.std
-    signal, mu, sd = R * active, stats.mean * active, stats.std * active
+    signal = tuple(r * a for r, a in zip(R, active))
+    mu = tuple(st.mean * a for st, a in zip(stats, active))
+    sd = tuple(st.std * a for st, a in zip(stats, active))
     opt = optax.adam(s.lr)
     sign = -1.0 if inverse else 1.0
 
-    def bottleneck(alpha, r_std_i, signal_i, key):  # one image
+    def lambdas(alpha):
         lam = smooth(jax.nn.sigmoid(alpha), s.sigma)
-        lam_c = smooth(jax.nn.sigmoid(-alpha), s.sigma)  # 1 - lam, without cancellation
-        cap = kl_capacity(r_std_i, lam, lam_c) * active
-        noise = mu + sd * standard_normal(key, (s.samples,) + shape)
+        return lam, smooth(jax.nn.sigmoid(-alpha), s.sigma)  # 1 - lam, without cancellation
+
+    def bottleneck(l, alpha, r_std_i, signal_i, key):  # one image, layer l
+        lam, lam_c = lambdas(alpha)
+        cap = kl_capacity(r_std_i, lam, lam_c) * active[l]
+        noise = mu[l] + sd[l] * standard_normal(key, (s.samples,) + alpha.shape)
         z = lam * noise + lam_c * signal_i if inverse else lam * signal_i + lam_c * noise
         return z, cap
 
     def total_loss(alpha, step_keys):
-        z, cap = jax.vmap(bottleneck)(alpha, r_std, signal, step_keys)  # [B, S, ...], [B, ...]
-        logits = suffix(z.reshape((batch * s.samples,) + shape))
-        logits = logits.reshape((batch, s.samples) + logits.shape[1:])
-        per_image = (sign * jax.vmap(model_loss)(logits, aux)
-                     + s.beta * jnp.mean(cap, axis=(1, 2, 3)))
-        return jnp.sum(per_image), cap
+        zs, loss = [], 0.0
+        for l in range(len(R)):
+            z, cap = jax.vmap(functools.partial(bottleneck, l))(alpha[l], r_std[l], signal[l],
+                                                               step_keys[l])
+            zs.append(z.reshape((batch * s.samples,) + z.shape[2:]))
+            loss = loss + s.beta * jnp.mean(cap, axis=(1, 2, 3))
+        for logits in suffix(tuple(zs)):
+            logits = logits.reshape((batch, s.samples) + logits.shape[1:])
+            loss = loss + sign * jax.vmap(model_loss)(logits, aux)
+        return jnp.sum(loss)
 
     def step(carry, i):
         alpha, state = carry
-        step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, i)
-        grad, _ = jax.grad(total_loss, has_aux=True)(alpha, step_keys)
+        step_keys = tuple(jax.vmap(jax.random.fold_in, (0, None))(k, i) for k in keys)
+        grad = jax.grad(total_loss)(alpha, step_keys)
         updates, state = jax.vmap(opt.update)(grad, state, alpha)
         return (optax.apply_updates(alpha, updates), state), None
 
-    alpha = jnp.full(R.shape, s.alpha0, jnp.float32)
+    alpha = tuple(jnp.full(r.shape, s.alpha0, jnp.float32) for r in R)
     carry = (alpha, jax.vmap(opt.init)(alpha))
     # The last step's update is never used: only its capacity is reported, and the capacity
     # depends on alpha alone, so steps - 1 updates run through the suffix and none more.
-    (alpha, _), _ = jax.lax.scan(step, carry, jnp.arange(s.steps - 1), unroll=1 if s.unroll is None else s.unroll)
-    lam = smooth(jax.nn.sigmoid(alpha), s.sigma)
-    lam_c = smooth(jax.nn.sigmoid(-alpha), s.sigma)
-    return kl_capacity(r_std, lam, lam_c) * active
+    (alpha, _), _ = jax.lax.scan(step, carry, jnp.arange(s.steps - 1),
+                                 unroll=1 if s.unroll is None else s.unroll)
+    return tuple(kl_capacity(r, *lambdas(a)) * act for r, a, act in zip(r_std, alpha, active))
