@@ -279,22 +279,35 @@ def run(workdir: str, c) -> dict:
     Returns:
       {model: the evaluation results of that model}.
     """
+    data_dirs = c.get("data_dirs", {})
+    for entry in c.models:
+        dataset = entry.partition("@")[2]
+        if dataset in data_dirs and not data_dirs[dataset]:
+            raise ValueError(f"Model entry {entry!r} trains on {dataset!r}, whose folder is not "
+                             f"set: pass --config.data_dirs.{dataset}=FOLDER, or leave the "
+                             f"entry out of --config.models.")
     os.makedirs(workdir, exist_ok=True)
     results, figs, rows = {}, [], []
     for entry in c.models:
         # "model" or "model@dataset" (e.g. a severity regressor beside a classifier).
         model_name, _, dataset = entry.partition("@")
         tcfg = c.train.copy_and_resolve_references()
+        ecfg = c.eval
         with tcfg.unlocked():
             tcfg.model = model_name
             tcfg.dataset = dataset or tcfg.dataset
+            if dataset:  # its own folder (c.data_dirs), and evaluated on that dataset
+                tcfg.data_dir = data_dirs.get(dataset, tcfg.data_dir)
+                ecfg = c.eval.copy_and_resolve_references()
+                with ecfg.unlocked():
+                    ecfg.dataset, ecfg.data_dir = dataset, tcfg.data_dir
         tag = entry.replace("@", "_")
         tdir = os.path.join(workdir, tag, "train")
         edir = os.path.join(workdir, tag, "eval")
         methods = evaluation.for_task(c.methods.to_dict(),
                                       regression=tcfg.dataset in REGRESSION_DATASETS)
         _train(tdir, tcfg)
-        res = evaluation.evaluate_checkpoint(edir, tdir, c.eval, methods=methods)
+        res = evaluation.evaluate_checkpoint(edir, tdir, ecfg, methods=methods)
         results[tag] = res
         model_part = model_rows(tag, res, engine.read_rows(edir), c)
         rows += model_part

@@ -142,3 +142,28 @@ def test_paper_configs_name_known_claims_methods_and_models(module):
     assert gpu.train.steps == 3000 and not any("_slim" in m for m in gpu.models)
     with pytest.raises(ValueError, match="reduced, gpu or full"):
         module.get_config("tiny")
+
+
+def test_model_entries_train_and_evaluate_on_their_own_dataset(tmp_path, monkeypatch):
+    c = paper_iba.get_config("full")
+    with pytest.raises(ValueError, match="data_dirs.brixia=FOLDER"):  # before any training
+        paper.run(str(tmp_path / "a"), c)
+    assert not (tmp_path / "a").exists()
+    seen = []
+
+    def evaluate(edir, tdir, ecfg, methods):  # records what it was asked, then stops the run
+        seen.append((ecfg.dataset, ecfg.data_dir, sorted(methods)))
+        raise KeyError("stop")
+
+    trained = []
+    monkeypatch.setattr(paper, "_train", lambda tdir, t: trained.append((t.model, t.dataset,
+                                                                         t.data_dir)))
+    monkeypatch.setattr(paper.evaluation, "evaluate_checkpoint", evaluate)
+    with c.unlocked():
+        c.train.data_dir = "/data/nih"
+        c.data_dirs.brixia = "/data/brixia"
+        c.models = ("densenet121@brixia",)  # a tuple overrides from the command line
+    with pytest.raises(KeyError):
+        paper.run(str(tmp_path / "b"), c)
+    assert trained == [("densenet121", "brixia", "/data/brixia")]
+    assert seen[0][:2] == ("brixia", "/data/brixia") and "regression_iba" in seen[0][2]

@@ -58,7 +58,7 @@ def get_config(variant: str = "reduced") -> ml_collections.ConfigDict:
         c.train = train_config.get_config("quickstart")
         c.train.image_size = 224
         c.train.num_train, c.train.steps = 10000, 1000
-        c.models = ["resnet50_slim", "resnet152_slim", "densenet121_slim", "densenet169_slim"]
+        c.models = ("resnet50_slim", "resnet152_slim", "densenet121_slim", "densenet169_slim")
         c.eval.max_per_finding = 24
         c.note = ("Reduced run on phantoms at 224 px: the four architectures at full depth and a "
                   "quarter of their width, explained at their last stage (7 x 7, as in the "
@@ -68,7 +68,7 @@ def get_config(variant: str = "reduced") -> ml_collections.ConfigDict:
     elif variant == "full":
         c.train = train_config.get_config("default")
         c.train.dataset = "nih"
-        c.models = ["resnet50", "resnet152", "densenet121", "densenet169"]
+        c.models = ("resnet50", "resnet152", "densenet121", "densenet169")
         c.eval.dataset = "nih"
         c.eval.num_test = 880
         c.eval.max_per_finding = None

@@ -4,7 +4,8 @@ sensitivity-N (Khakzar et al. 2021, CheXplain-IBA: NIH ChestX-ray14 and BrixIA).
     python -m experiments.paper --workdir runs/iba \
         --config=experiments/configs/paper_iba.py:reduced
     python -m experiments.paper --workdir runs/iba_full \
-        --config=experiments/configs/paper_iba.py:full --config.train.data_dir=/data/nih
+        --config=experiments/configs/paper_iba.py:full --config.train.data_dir=/data/nih \
+        --config.data_dirs.brixia=/data/brixia
 
 Classifiers are explained with IBA, Inverse IBA and Multi-layer IBA; the severity regressor
 (the entry "model@phantoms_severity" or "model@brixia") with Regression IBA. A regressor's
@@ -13,7 +14,8 @@ insertion and deletion curves follow its raw predicted score, so their AUCs are 
 
 "reduced": DenseNet-121 at full depth and a quarter of its width (`densenet121_slim`) on
 phantoms at 224 px, 1,000 steps each for the classifier and the severity regressor; "gpu": the
-same at full width and 3,000 steps; "full": DenseNet-121 on NIH (add BrixIA for the regressor).
+same at full width and 3,000 steps; "full": DenseNet-121 on NIH and, as the regressor, on BrixIA
+(`--config.data_dirs.brixia`; without BrixIA pass `--config.models='("densenet121",)'`).
 """
 
 import ml_collections
@@ -63,7 +65,7 @@ def get_config(variant: str = "reduced") -> ml_collections.ConfigDict:
         c.train = train_config.get_config("quickstart")
         c.train.image_size = 224
         c.train.num_train, c.train.steps = 10000, 1000
-        c.models = ["densenet121_slim", "densenet121_slim@phantoms_severity"]
+        c.models = ("densenet121_slim", "densenet121_slim@phantoms_severity")
         c.eval.iba_samples = 1000
         c.eval.max_per_finding = 24
         # The curves and sensitivity-N cost more than the seven maps (about 310 forward passes
@@ -81,13 +83,14 @@ def get_config(variant: str = "reduced") -> ml_collections.ConfigDict:
     elif variant == "full":
         c.train = train_config.get_config("default")
         c.train.dataset = "nih"
-        c.models = ["densenet121"]
+        c.models = ("densenet121", "densenet121@brixia")
+        c.data_dirs = {"brixia": ""}  # --config.data_dirs.brixia=/data/brixia
         c.eval.dataset = "nih"
         c.eval.num_test = 880
         c.eval.max_per_finding = None
         c.eval.iba_samples = 10000
-        c.note = ("NIH boxes; add 'densenet121@brixia' to models with a BrixIA folder for "
-                  "Regression IBA.")
+        c.note = ("NIH ChestX-ray14 with its boxes for the classifier; BrixIA for the severity "
+                  "regressor and Regression IBA.")
         for claim in c.claims:
             claim["data"] = "NIH"
             claim["model"] = claim["model"].replace("densenet121_slim_phantoms_severity",

@@ -9,7 +9,7 @@ def full_width(c: ml_collections.ConfigDict, steps: int = GPU_STEPS) -> ml_colle
     """The reduced comparison `c` with the published architectures at full width (the `_slim`
     suffix dropped from the models and the claims' model names) and `steps` training steps:
     the same phantoms, sizes and methods, for a machine with an accelerator."""
-    c.models = [m.replace("_slim", "") for m in c.models]
+    c.models = tuple(m.replace("_slim", "") for m in c.models)
     for claim in c.claims:
         if claim.get("model"):
             claim["model"] = claim["model"].replace("_slim", "")
