@@ -4,11 +4,15 @@ Two managers under the workdir: `checkpoints/` (periodic, the last `keep`) and `
 best-so-far by a metric). Orbax writes each step into a temporary directory and renames it when
 complete, so a run killed mid-write leaves no checkpoint that a restart would pick up.
 
-On several processes every save synchronises the processes through barriers named by Orbax.
-The two managers get their own barrier prefixes, and a save waits until the other manager's
-pending save has finished: without both, one manager's background finalisation and the other's
-next save meet at the same barrier name (seen as "Barrier ... set_value_start is already
-ongoing" and a shutdown-barrier timeout in the two-process test).
+On several processes every save synchronises the processes through barriers named by Orbax,
+and there the saves are synchronous: with asynchronous saves those barriers run in Orbax's
+background threads (commit, then finalisation), and with two managers the threads of different
+processes could wait at different barriers for good. Seen twice in the two-process test: first
+as "Barrier ... set_value_start is already ongoing" when both managers saved at one step (the
+managers now have their own barrier prefixes, and a save waits for the other manager's pending
+one), then, with the CPU heavily shared, as a hang with process 0's periodic save waiting at
+its commit barrier while process 1's had passed it and waited at its finalisation barrier. On
+one process nothing waits on another, and saves stay asynchronous.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 
@@ -26,10 +31,12 @@ class Checkpointer:
                  best_mode: str = "max"):
         workdir = os.path.abspath(workdir)
         self.best_metric = best_metric
+        background = jax.process_count() == 1  # see the module docstring
         self.periodic = ocp.CheckpointManager(
             os.path.join(workdir, "checkpoints"),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+                enable_async_checkpointing=background,
                 multiprocessing_options=ocp.options.MultiprocessingOptions(
                     barrier_sync_key_prefix="cxr_periodic")))
         self.best = None
@@ -39,6 +46,7 @@ class Checkpointer:
                 options=ocp.CheckpointManagerOptions(
                     max_to_keep=1, create=True, best_fn=lambda m: m[best_metric],
                     best_mode=best_mode, cleanup_tmp_directories=True,
+                    enable_async_checkpointing=background,
                     multiprocessing_options=ocp.options.MultiprocessingOptions(
                         barrier_sync_key_prefix="cxr_best")))
 
@@ -48,7 +56,8 @@ class Checkpointer:
                                   extras=ocp.args.JsonSave(extras))
 
     def save(self, step: int, state: Any, extras: dict) -> None:
-        """Saves a periodic checkpoint (asynchronously; `wait` before exiting)."""
+        """Saves a periodic checkpoint (asynchronously on one process; `wait` before
+        exiting)."""
         if self.best is not None:
             self.best.wait_until_finished()
         self.periodic.save(step, args=self._args(state, extras), force=True)
