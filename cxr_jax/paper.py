@@ -41,8 +41,9 @@ LAYOUTS = {
     # (b) methods x architectures x findings: multi-Otsu box IoU (and the agreement matrix).
     "box_iou": ("box_iou",),
     # (c) IBA family against baselines: EHR, insertion, deletion, sensitivity-N, with
-    # localisation beside them for the claims about finer maps.
-    "faithfulness": ("ehr", "pointing_game", "box_iou", "insertion", "deletion", "sensitivity_n"),
+    # localisation beside them for the claims about finer maps and about covering the finding.
+    "faithfulness": ("ehr", "pointing_game", "box_iou", "box_recall", "insertion", "deletion",
+                     "sensitivity_n"),
 }
 
 

@@ -33,6 +33,18 @@ def test_summary_class_mean_vs_pooled_by_hand():
     np.testing.assert_allclose(matrix, np.ones((2, 2)))
 
 
+def test_box_recall_is_derived_from_the_stored_boxes():
+    rows = [_row(0, "a", 1.0, box=(0, 0, 2, 4)), _row(1, "a", 1.0, box=(0, 0, 8, 8)),
+            _row(2, "b", 0.0, box=(2, 2, 6, 6))]
+    rows[1]["m"]["nan_map"] = True  # a NaN map scores NaN, not its (meaningless) box
+    s = evaluation.summarise(rows, ["a", "b"], ["m"])
+    assert s["table"]["m"]["a"]["box_recall"] == pytest.approx(0.5)  # 8 of 16 px; NaN skipped
+    assert s["table"]["m"]["b"]["box_recall"] == pytest.approx(4 / 16)
+    assert "box_recall" not in rows[0]["m"]  # the caller's rows are left as they were
+    ci = evaluation.aggregate.intervals(rows, ["a", "b"], ["m"])["m"]["box_recall"]
+    assert ci == pytest.approx([0.375, 0.375])  # one scored image per finding: no spread
+
+
 def test_summary_none_values_are_ignored_not_zero():
     rows = [_row(0, "a", 1.0), _row(1, "a", None)]
     s = evaluation.summarise(rows, ["a"], ["m"])

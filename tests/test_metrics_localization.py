@@ -157,6 +157,13 @@ def test_box_iou_iobb_hand_values():
     assert box_iou([0, 0, 10, 10], [0, 0, 20, 20]) == pytest.approx(0.25)
     assert iobb([10, 10, 30, 30], [0, 0, 20, 20]) == pytest.approx(100 / 400)
     assert np.isnan(iobb([0, 0, 1, 1], [np.nan] * 4))
+    # box recall divides by the ground truth: a big box over a small finding scores 1
+    assert metrics.box_recall([0, 0, 20, 20], [0, 0, 10, 10]) == 1.0
+    assert metrics.box_recall([0, 0, 10, 10], [0, 0, 20, 20]) == pytest.approx(0.25)
+    assert metrics.box_recall([10, 10, 30, 30], [0, 0, 20, 20]) == pytest.approx(100 / 400)
+    assert metrics.box_recall([np.nan] * 4, a) == 0.0  # no box covers nothing
+    assert np.isnan(metrics.box_recall(a, [np.nan] * 4))
+    assert np.isnan(metrics.box_recall(a, [3, 3, 3, 8]))  # a finding of zero area
     with pytest.raises(ValueError, match="x1 < x0"):
         box_iou([5, 0, 1, 1], a)
 

@@ -10,7 +10,32 @@ import numpy as np
 from cxr_jax import metrics
 from cxr_jax.report.tables import nanmean
 
-METRICS = ("pointing_game", "box_iou", "ehr", "insertion", "deletion", "sensitivity_n")
+METRICS = ("pointing_game", "box_iou", "box_recall", "ehr", "insertion", "deletion",
+           "sensitivity_n")
+# Metrics computed here from what every row stores (a method's box and the ground-truth box),
+# so rows written before they existed get them too.
+DERIVED = ("box_recall",)
+
+
+def with_derived(rows: Sequence[dict]) -> list[dict]:
+    """Rows with the DERIVED metrics added to each method's entry (copies; rows without a
+    ground-truth box are returned as they are): box_recall = |box n gt box| / |gt box|
+    (`metrics.box_recall`), NaN where the map was NaN."""
+    out = []
+    for r in rows:
+        gt = r.get("gt_box")
+        if gt is None:
+            out.append(r)
+            continue
+        gt = _as_boxes([gt])[0]
+        r = dict(r)
+        for m, v in r.items():
+            if isinstance(v, dict) and "box" in v:
+                recall = (np.nan if v.get("nan_map") else
+                          float(metrics.box_recall(_as_boxes([v["box"]])[0], gt)))
+                r[m] = {**v, "box_recall": recall}
+        out.append(r)
+    return out
 
 
 def _as_boxes(values) -> np.ndarray:
@@ -45,6 +70,7 @@ def summarise(rows: Sequence[dict], finding_names: Sequence[str], methods: Seque
        "agreement": {"names": [...], "matrix": [[...]]}} (box IoU between methods, ground truth
        as the last row).
     """
+    rows = with_derived(rows)
     table: dict[str, dict[str, dict[str, float]]] = {}
     pg_class, pg_pooled, pg_ci = {}, {}, {}
     counts = {f: sum(r["finding"] == f for r in rows) for f in finding_names}
@@ -74,6 +100,7 @@ def intervals(rows: Sequence[dict], findings: Sequence[str], methods: Sequence[s
     Returns:
       {method: {metric: [low, high]}} for the metrics the rows hold.
     """
+    rows = with_derived(rows)
     out: dict[str, dict[str, list[float]]] = {}
     for m in methods:
         out[m] = {}

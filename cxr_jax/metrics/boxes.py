@@ -35,6 +35,7 @@ __all__ = [
     "box_iou",
     "box_set_iou",
     "iobb",
+    "box_recall",
     "ior",
     "agreement_matrix",
 ]
@@ -188,6 +189,28 @@ def iobb(pred, gt) -> np.ndarray:
     pred, gt = _boxes("pred", pred), _boxes("gt", gt)
     inter = _intersection_area(pred, gt)
     area = _area(pred)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(area > 0, inter / np.where(area > 0, area, 1.0), np.nan)
+    return np.where(np.isnan(gt).any(-1), np.nan, out)
+
+
+def box_recall(pred, gt) -> np.ndarray:
+    """Share of the ground-truth box the predicted box covers: |pred n gt| / |gt|.
+
+    IoBB's counterpart over the ground truth: a box that covers the whole finding scores 1
+    however large it is, so it measures how much of the finding a map's box reaches (e.g.
+    Inverse IBA's claim to highlight every informative region), read beside IoU and IoBB.
+
+    Args:
+      pred: [..., 4] predicted boxes.
+      gt: [..., 4] ground-truth boxes (broadcastable).
+    Returns:
+      [...] float64; NaN if the ground truth is missing or has zero area; 0 where the map gave
+      no box (a NaN predicted box covers nothing).
+    """
+    pred, gt = _boxes("pred", pred), _boxes("gt", gt)
+    inter = np.nan_to_num(_intersection_area(pred, gt))
+    area = _area(gt)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(area > 0, inter / np.where(area > 0, area, 1.0), np.nan)
     return np.where(np.isnan(gt).any(-1), np.nan, out)
