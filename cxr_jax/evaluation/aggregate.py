@@ -12,13 +12,11 @@ from cxr_jax.report.tables import nanmean
 
 METRICS = ("pointing_game", "box_iou", "box_recall", "ehr", "insertion", "deletion",
            "sensitivity_n")
-# Metrics computed here from what every row stores (a method's box and the ground-truth box),
-# so rows written before they existed get them too.
-DERIVED = ("box_recall",)
 
 
 def with_derived(rows: Sequence[dict]) -> list[dict]:
-    """Rows with the DERIVED metrics added to each method's entry (copies; rows without a
+    """Rows with the metrics derived from what every row stores added to each method's entry,
+    so rows written before such a metric existed get it too (copies; rows without a
     ground-truth box are returned as they are): box_recall = |box n gt box| / |gt box|
     (`metrics.box_recall`), NaN where the map was NaN."""
     out = []

@@ -99,7 +99,7 @@ def combine_multilayer(maps: Sequence[Array], *, combine: str = "gated",
     raise ValueError(f"combine must be 'gated' or 'sum', got {combine!r}.")
 
 
-def joint_suffix(model: Model, variables: Any, layers: Sequence[str]):
+def _joint_suffix(model: Model, variables: Any, layers: Sequence[str]):
     """zs -> logits per layer: each z_j [N, ...] runs through the stages after `layers[j]`.
 
     One pass: the shallowest layer's activations start the suffix, and each deeper layer's
@@ -185,8 +185,8 @@ def multilayer_iba(model: Model, variables: Any, x: Array, targets: Any, *,
     keys = image_keys(key, batch)
     layer_keys = tuple(jax.vmap(lambda k: jax.random.fold_in(k, j))(keys)
                        for j in range(len(layers)))
-    caps = optimise(joint_suffix(model, variables, layers), tuple(acts[n] for n in layers), aux,
-                    layer_keys, tuple(stats[n] for n in layers), model_loss, opt,
+    caps = optimise(_joint_suffix(model, variables, layers), tuple(acts[n] for n in layers),
+                    aux, layer_keys, tuple(stats[n] for n in layers), model_loss, opt,
                     inverse=inverse)
     maps = [capacity_to_saliency(cap, x.shape[1:3]) for cap in caps]
     return combine_multilayer(maps, combine=combine, thresholds=thresholds, weights=weights)
