@@ -164,7 +164,7 @@ def test_evaluate_checkpoint_end_to_end_writes_results_report_and_noise_check(tm
     c = ecfg.get_config("fast")
     c.methods = "gradient,iba,multilayer_iba"
     c.num_test, c.max_per_finding, c.batch_size, c.iba_samples = 24, 1, 4, 32
-    c.faithfulness = False
+    c.faithfulness, c.sensitivity_num_n = False, 0  # both covered by the engine tests above
     c.devices = 1  # the 8-device path: test_scores_on_eight_devices_equal_one_device
     res = evaluation.evaluate_checkpoint(edir, tdir, c, progress=False)
     assert set(res["pointing_game"]) == {"gradient", "iba", "multilayer_iba", "centre"}

@@ -27,8 +27,8 @@ def test_two_processes_train_evaluate_and_dissect_as_one(tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
     two.mkdir()
     one.mkdir()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-           "JAX_PLATFORMS": "cpu", "JOB_CACHE": ""}
+    flags = os.environ["XLA_FLAGS"].replace("device_count=8", "device_count=4")  # conftest's
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", "JOB_CACHE": ""}
     coordinator = f"127.0.0.1:{_free_port()}"
     procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "multiprocess_job.py"),
                                str(two), "2", str(i), coordinator], env=env,
