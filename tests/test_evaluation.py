@@ -234,3 +234,28 @@ def test_scores_on_eight_devices_equal_one_device():
             np.testing.assert_allclose(np.asarray(a[method][metric], float),
                                        np.asarray(b[method][metric], float),
                                        rtol=1e-4, atol=1e-5, err_msg=f"{method} {metric}")
+
+
+def test_gallery_maps_reuse_the_scorers_compiled_programs(tmp_path):
+    """The report's overlays come from the programs `score` compiled: no second compile, and
+    the maps equal the method called directly."""
+    from cxr_jax import attribution
+
+    model = models.get("resnet_tiny", num_classes=2)
+    images, masks, labels = _toy(n=5)
+    variables = model.init(jax.random.key(0), images[:1])
+    spec = evaluation.Spec(methods={"gradient": ("gradient", {})}, tolerance=2.0, batch_size=4,
+                           faithfulness=False, sensitivity_num_n=0)
+    scorer = evaluation.Scorer(model, spec)
+    scorer.score(variables, images[:4], masks[:4, 0], np.zeros(4), jax.random.key(0))
+    compiled = scorer.explain["gradient"]._cache_size()
+    path = evaluation.gallery(str(tmp_path), scorer, variables, images, masks, labels,
+                              ["a", "b"], per_finding=3)  # 6 images, padded to the rows
+    assert os.path.exists(path)
+    assert scorer.explain["gradient"]._cache_size() == compiled == 1
+    got = scorer.maps(variables, images[[1, 2]], np.array([1, 1]), jax.random.key(0))
+    want = attribution.get("gradient")(model, variables, jnp.asarray(images[[1, 2]]),
+                                       jnp.array([1, 1]))
+    np.testing.assert_allclose(got["gradient"], want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="Scorer.rows"):
+        scorer.maps(variables, images[:0], np.zeros(0), jax.random.key(0))

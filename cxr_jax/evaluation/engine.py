@@ -153,6 +153,20 @@ class Scorer:
         self.seconds["metrics"] += time.perf_counter() - mid
         return out
 
+    def maps(self, variables, x: np.ndarray, targets: np.ndarray, key) -> dict[str, np.ndarray]:
+        """Every method's maps [n, H, W] (float32, on the host) for one batch of 1 to `rows`
+        images, from the same compiled programs as `score` (the batch is placed the same way,
+        so nothing compiles again). With several processes, every process calls it."""
+        n = len(x)
+        if not 1 <= n <= self.rows:
+            raise ValueError(f"Expected 1 to {self.rows} images (Scorer.rows), got {n}.")
+        targets = np.broadcast_to(np.asarray(targets, np.int32), (n,))
+        variables = self._replicate(variables)
+        x, t = sharding.place_rows((x, targets), self.mesh, self.rows)
+        return {name: sharding.gather(fn(variables, x, t, jax.random.fold_in(key, i))
+                                      .astype(jnp.float32))[:n]
+                for i, (name, fn) in enumerate(self.explain.items())}
+
     def _replicate(self, variables):
         """The variables on every device of the mesh (placed once per variables object)."""
         if self._replicated[0] is not variables:

@@ -14,7 +14,6 @@ import time
 from typing import Any, Callable, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from cxr_jax import attribution, runtime, training
@@ -31,7 +30,10 @@ from cxr_jax.report.html import collapsed
 
 def gallery(workdir: str, scorer: Scorer, variables, images, masks, labels, names,
             *, per_finding: int = 1, file: str = "overlays.png") -> str | None:
-    """Overlays of every method's map on `per_finding` positive images of each finding."""
+    """Overlays of every method's map on `per_finding` positive images of each finding.
+
+    The maps come from the scorer's compiled programs (`Scorer.maps`), so drawing them costs no
+    compile. With several processes every process calls this; process 0 draws."""
     picks = []
     for k in range(len(names)):
         ids = np.nonzero((labels[:, k] == 1) & masks[:, k].reshape(len(masks), -1).any(1))[0]
@@ -40,15 +42,12 @@ def gallery(workdir: str, scorer: Scorer, variables, images, masks, labels, name
         return None
     ids = np.array([i for i, _ in picks])
     ks = np.array([k for _, k in picks])
-    bs = scorer.spec.batch_size
-    pad = np.concatenate([np.arange(len(ids)), np.full((-len(ids)) % bs, len(ids) - 1)])
-    maps = {name: [] for name in scorer.explain}
-    for s in range(0, len(pad), bs):
-        sel = pad[s:s + bs]
-        x, t = jnp.asarray(images[ids[sel]]), jnp.asarray(ks[sel], jnp.int32)
-        for j, (name, fn) in enumerate(scorer.explain.items()):
-            maps[name].append(np.asarray(fn(variables, x, t, jax.random.key(j))))
-    maps = {n: np.concatenate(v)[:len(ids)] for n, v in maps.items()}
+    rows = scorer.rows
+    chunks = [scorer.maps(variables, images[ids[s:s + rows]], ks[s:s + rows],
+                          jax.random.key(s)) for s in range(0, len(ids), rows)]
+    if not runtime.is_writer():
+        return None
+    maps = {name: np.concatenate([c[name] for c in chunks]) for name in scorer.explain}
     path = os.path.join(workdir, file)
     figures.save_overlays(images[ids], maps, path, masks=masks[ids, ks],
                           row_titles=[names[k] for k in ks])
@@ -128,20 +127,19 @@ def evaluate(workdir: str, model, variables, loc: LocalisationSet, cfg, *,
                                                        regression=regression)
     seconds.update(scorer.seconds)
     results["seconds"] = seconds
+    mark = time.perf_counter()
+    gallery(workdir, scorer, variables, loc.images, loc.masks, loc.labels, loc.names,
+            per_finding=cfg.gallery_per_finding)
     if runtime.is_writer():
-        mark = time.perf_counter()
-        _write_report(workdir, results, summary, loc, scorer, variables, cfg, setup,
-                      regression)
+        _write_report(workdir, results, summary, loc, cfg, setup, regression)
         seconds["report"] = time.perf_counter() - mark
         write_json(os.path.join(workdir, "results.json"), results)
     return results
 
 
-def _write_report(workdir, results, summary, loc, scorer, variables, cfg, setup, regression):
+def _write_report(workdir, results, summary, loc, cfg, setup, regression):
     write_json(os.path.join(workdir, "results.json"), results)
     tables.write_metric_tables(workdir, summary["table"], loc.names, METRICS)
-    gallery(workdir, scorer, variables, loc.images, loc.masks, loc.labels, loc.names,
-            per_finding=cfg.gallery_per_finding)
     tolerance = results["settings"]["tolerance_px"]
     page = [("Setup", f"<p>{setup} Pointing-game tolerance {tolerance:.1f} px; images per "
                       f"finding: {sections.counts_text(summary['counts'])}.</p>")]
