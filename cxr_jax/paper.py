@@ -16,8 +16,10 @@ Claims (each a dict with "kind", "claim" (the paper's words, short) and kind-spe
   best_model  {"metric", "models": name prefixes}: averaged over methods, a model of the group
               scores highest.
   untestable  {"why"}: cannot be tested on this data; the reason is stated.
-A verdict is "holds", "does not hold" or "a tie" on our point estimates, plus whether the 95%
-intervals of the two sides compared are separated ("separated") or overlap ("within noise").
+A verdict is "holds", "does not hold" or "a tie" on our point estimates; for the claims that
+compare methods (best, greater) it adds whether the 95% intervals of the two sides compared are
+separated ("separated") or overlap ("within noise": the data cannot tell the two apart, so a
+claim that "holds (within noise)" is ahead on the point estimate only).
 """
 
 from __future__ import annotations
@@ -116,6 +118,13 @@ def _noise(a_ci, b_ci) -> str:
     return "separated" if _separated(a_ci, b_ci) else "within noise"
 
 
+def _overall_noise(notes: Sequence[str]) -> str | None:
+    """One interval note over models: "within noise" if any comparison overlaps."""
+    if not notes:
+        return None
+    return "within noise" if "within noise" in notes else "separated"
+
+
 def _value(row: Mapping, metric: str) -> tuple[float, tuple[float, float]]:
     name = metric.replace("_", " ")
     v = row.get(name, float("nan"))
@@ -143,9 +152,9 @@ def _models(rows, claim) -> list[str]:
     return [claim["model"]] if claim.get("model") else tags
 
 
-def _check_best(rows, claim) -> tuple[bool | None, str]:
+def _check_best(rows, claim) -> tuple[bool | str | None, str, str | None]:
     metric, group = claim["metric"], list(claim["methods"])
-    holds, notes = [], []
+    holds, notes, noise = [], [], []
     for tag in _models(rows, claim):
         scored = [(r["method"],) + _value(r, metric) for r in rows
                   if r["model"] == tag and r["method"] != "centre"]
@@ -158,14 +167,15 @@ def _check_best(rows, claim) -> tuple[bool | None, str]:
         best_ours = max(ours, key=lambda s: s[1])
         best_other = max(others, key=lambda s: s[1])
         holds.append(_compare(best_ours[1], best_other[1]))
+        noise.append(_noise(best_ours[2], best_other[2]))
         notes.append(f"{tag}: best of the group {best_ours[0]} {best_ours[1]:.3f}, best other "
-                     f"{best_other[0]} {best_other[1]:.3f} ({_noise(best_ours[2], best_other[2])})")
-    return _combine(holds), "; ".join(notes)
+                     f"{best_other[0]} {best_other[1]:.3f} ({noise[-1]})")
+    return _combine(holds), "; ".join(notes), _overall_noise(noise)
 
 
-def _check_greater(rows, claim) -> tuple[bool | None, str]:
+def _check_greater(rows, claim) -> tuple[bool | str | None, str, str | None]:
     metric, a, b = claim["metric"], claim["a"], claim["b"]
-    holds, notes = [], []
+    holds, notes, noise = [], [], []
     for tag in _models(rows, claim):
         by = {r["method"]: _value(r, metric) for r in rows if r["model"] == tag}
         if a not in by or b not in by or not (math.isfinite(by[a][0])
@@ -173,9 +183,9 @@ def _check_greater(rows, claim) -> tuple[bool | None, str]:
             notes.append(f"{tag}: {a} or {b} not scored")
             continue
         holds.append(_compare(by[a][0], by[b][0]))
-        notes.append(f"{tag}: {a} {by[a][0]:.3f} vs {b} {by[b][0]:.3f} "
-                     f"({_noise(by[a][1], by[b][1])})")
-    return _combine(holds), "; ".join(notes)
+        noise.append(_noise(by[a][1], by[b][1]))
+        notes.append(f"{tag}: {a} {by[a][0]:.3f} vs {b} {by[b][0]:.3f} ({noise[-1]})")
+    return _combine(holds), "; ".join(notes), _overall_noise(noise)
 
 
 def agreement_means(names: Sequence[str], matrix) -> tuple[float, float]:
@@ -222,7 +232,8 @@ def check_claims(claims: Sequence[Mapping], rows: Sequence[dict], results: Mappi
     """Each claim with our verdict: {"claim", "paper", "verdict", "evidence"}; verdict is
     "holds on phantoms", "does not hold on phantoms", "a tie on phantoms" (the two sides score
     the same, e.g. both at the ceiling: the data cannot separate them), with the claim's "data"
-    in place of "phantoms" for a real dataset, or "cannot be tested here".
+    in place of "phantoms" for a real dataset, or "cannot be tested here". A comparison of
+    methods (best, greater) adds " (separated)" or " (within noise)" from the 95% intervals.
 
     Args:
       claims: the config's claims (see the module doc).
@@ -231,22 +242,25 @@ def check_claims(claims: Sequence[Mapping], rows: Sequence[dict], results: Mappi
     """
     checks = {"best": lambda c: _check_best(rows, c),
               "greater": lambda c: _check_greater(rows, c),
-              "agreement": lambda c: _check_agreement(results, c),
-              "best_model": lambda c: _check_best_model(rows, c)}
+              "agreement": lambda c: _check_agreement(results, c) + (None,),
+              "best_model": lambda c: _check_best_model(rows, c) + (None,)}
     out = []
     for claim in claims:
         claim = dict(_plain(claim))
         kind, data = claim.get("kind"), claim.get("data", "phantoms")
+        noise = None
         if kind == "untestable":
             verdict, evidence = None, claim["why"]
         elif kind in checks:
-            verdict, evidence = checks[kind](claim)
+            verdict, evidence, noise = checks[kind](claim)
         else:
             raise ValueError(f"Unknown claim kind {kind!r}: one of {', '.join(checks)}, "
                              "untestable.")
         text = ("cannot be tested here" if verdict is None else
                 f"a tie on {data}" if verdict == "tie" else
                 f"holds on {data}" if verdict else f"does not hold on {data}")
+        if verdict is not None and verdict != "tie" and noise:
+            text += f" ({noise})"
         out.append({"claim": claim["claim"], "paper": claim.get("paper", ""), "verdict": text,
                     "evidence": evidence})
     return out
