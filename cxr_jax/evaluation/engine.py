@@ -124,14 +124,9 @@ class Scorer:
         every method's maps first, then the metrics (the model-querying ones of all methods
         in one call)."""
         spec = self.spec
-        n = len(x)
-        if not 1 <= n <= self.rows:
-            raise ValueError(f"Expected 1 to {self.rows} images (Scorer.rows), got {n}.")
-        targets = np.broadcast_to(np.asarray(targets, np.int32), (n,))
         masks = np.asarray(masks)
-        variables = self._replicate(variables)
         # Padded to `rows` (one compiled shape); `_score_maps` cuts results back to n rows.
-        x, t, masks_dev = sharding.place_rows((x, targets, masks), self.mesh, self.rows)
+        variables, (x, t, masks_dev) = self._place(variables, x, targets, masks)
         gt_boxes = np.stack([metrics.mask_box(m) for m in masks])
         out = {"centre": {"pointing_game": np.asarray(
             metrics.pointing_game_centre(masks, tolerance=spec.tolerance))}}
@@ -158,14 +153,21 @@ class Scorer:
         images, from the same compiled programs as `score` (the batch is placed the same way,
         so nothing compiles again). With several processes, every process calls it."""
         n = len(x)
-        if not 1 <= n <= self.rows:
-            raise ValueError(f"Expected 1 to {self.rows} images (Scorer.rows), got {n}.")
-        targets = np.broadcast_to(np.asarray(targets, np.int32), (n,))
-        variables = self._replicate(variables)
-        x, t = sharding.place_rows((x, targets), self.mesh, self.rows)
+        variables, (x, t) = self._place(variables, x, targets)
         return {name: sharding.gather(fn(variables, x, t, jax.random.fold_in(key, i))
                                       .astype(jnp.float32))[:n]
                 for i, (name, fn) in enumerate(self.explain.items())}
+
+    def _place(self, variables, x, targets, *more):
+        """(the variables on every device, (x, targets, *more) padded to `rows` and sharded
+        like the batch) for a batch of 1 to `rows` images; `targets` broadcast to one per
+        image."""
+        n = len(x)
+        if not 1 <= n <= self.rows:
+            raise ValueError(f"Expected 1 to {self.rows} images (Scorer.rows), got {n}.")
+        targets = np.broadcast_to(np.asarray(targets, np.int32), (n,))
+        return (self._replicate(variables),
+                sharding.place_rows((x, targets) + more, self.mesh, self.rows))
 
     def _replicate(self, variables):
         """The variables on every device of the mesh (placed once per variables object)."""
