@@ -504,8 +504,9 @@ def test_multilayer_iba_optimises_each_layer_separately():
     t = jnp.array([0, 1])
     key = jax.random.key(4)
     gated = np.asarray(jax.jit(lambda x, t, k: I.multilayer_iba(
-        model, variables, x, t, stats=stats, key=k, thresholds=0.1, unroll=1))(x, t, key))
-    # layer j is explained alone, with keys fold_in(fold_in(key, i), j), then combined
+        model, variables, x, t, stats=stats, key=k, thresholds=0.1, unroll=1, samples=10)
+                                  )(x, t, key))
+    # layer j is explained alone (IBA's 10 samples; Multi-layer IBA's default is 5), with keys fold_in(fold_in(key, i), j), then combined
     keys = [jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, i), j))(jnp.arange(2))
             for j in range(2)]
     maps = [region_iba(x, t, keys[0], layer="features"), region_iba(x, t, keys[1])]
@@ -517,13 +518,15 @@ def test_multilayer_iba_optimises_each_layer_separately():
     # maps come back in the caller's order (layer j keeps its key fold_in(., j)).
     reverse = np.asarray(I.multilayer_iba(model, variables, x, t, stats=stats, key=key,
                                           layer=("pool", "features"), combine="sum",
-                                          weights=(1, 2), unroll=1))
+                                          weights=(1, 2), unroll=1, samples=10))
     alone = [region_iba(x, t, keys[0]), region_iba(x, t, keys[1], layer="features")]
     np.testing.assert_allclose(reverse, I.combine_multilayer(alone, combine="sum",
                                                              weights=(1, 2)),
                                rtol=1e-5, atol=1e-7)
     for i in range(2):  # and keeps the first map where the pooled map is high: in the region
         assert gated[i][region_mask(i)].sum() > 0.95 * gated[i].sum() > 0
+    # the default, 5 draws per step, is the function's and the one studies read
+    assert attribution.info("multilayer_iba").parameters()["samples"] == 5
     with pytest.raises(ValueError, match="no stats for layer"):
         I.multilayer_iba(model, variables, x, t, stats={"pool": stats["pool"]},
                          layer=("features", "pool"))
