@@ -394,6 +394,14 @@ def test_batch_equals_one_image_at_a_time():
         I.iba(model, variables, x, targets, key=keys, stats=stats, chunk=0)
 
 
+def test_automatic_chunk_pads_the_batch_least():
+    from cxr_jax.attribution.iba.optimise import least_padding_chunk
+    # at most 3 images per pass: 8 = 4 x 2 (3 x 3 would optimise a copy), 9 = 3 x 3,
+    # 7 = 7 x 1 (any larger chunk pads); never above the largest allowed, nor the batch
+    assert [least_padding_chunk(3, b) for b in (8, 9, 7, 6, 2, 1)] == [2, 3, 1, 3, 2, 1]
+    assert least_padding_chunk(1, 8) == 1 and least_padding_chunk(16, 12) == 12
+
+
 def test_densenet_under_jit_compiles_once_and_prefix_runs_once():
     model = models.get("densenet_tiny", num_classes=3)
     x = jax.random.normal(jax.random.key(0), (2, 64, 64, 1))

@@ -179,11 +179,22 @@ def regression_loss(model: Model, logits: Array, targets: Any, loss: str, target
 
 
 # ------------------------------------------------------------------------------- the loop
+def least_padding_chunk(largest: int, batch: int) -> int:
+    """The chunk of at most `largest` images that pads `batch` least (the largest such).
+
+    A padded image is a whole optimisation thrown away: at 5 noise samples the automatic chunk
+    is 3 images, which pads a batch of 8 to 9 (Multi-layer IBA on DenseNet-121 took 11% longer
+    per image than at 2 or 4, measured side by side), while 2 divides it.
+    """
+    return min(range(1, largest + 1), key=lambda c: (-(-batch // c) * c, -c))
+
+
 def optimise(suffix: Callable[[tuple[Array, ...]], tuple[Array, ...]], R: Sequence[Array],
              aux: Any, keys: Sequence[Array], stats: Sequence[IBAStats],
              model_loss: Callable[[Array, Any], Array], settings: Settings, *,
              inverse: bool) -> tuple[Array, ...]:
-    """`optimise_images` on `settings.chunk` images at a time (None: `auto_chunk`).
+    """`optimise_images` on `settings.chunk` images at a time (None: `auto_chunk`, lowered
+    to the chunk that pads the batch least, `least_padding_chunk`).
 
     The optimisations of different images are independent, so a `lax.map` over chunks gives
     the same capacities with memory for chunk x samples suffix passes instead of B x samples
@@ -193,6 +204,8 @@ def optimise(suffix: Callable[[tuple[Array, ...]], tuple[Array, ...]], R: Sequen
     """
     batch = R[0].shape[0]
     c = min(auto_chunk(settings.chunk, settings.samples), batch)
+    if settings.chunk is None:
+        c = least_padding_chunk(c, batch)
     if c == batch:
         return optimise_images(suffix, R, aux, keys, stats, model_loss, settings,
                                inverse=inverse)
