@@ -35,7 +35,7 @@ class Settings:
     """The optimisation's hyperparameters, shared by every method of the IBA family.
 
     Defaults are the reference's: beta 10, 10 Adam steps at lr 1, 10 noise samples per step,
-    alpha0 5, smoothing sigma 1.
+    alpha0 5, smoothing sigma 1 (Multi-layer IBA overrides samples with 5).
 
     Attributes:
       beta: weight of the mean capacity against the model loss.
@@ -53,8 +53,9 @@ class Settings:
         6 s instead of 15 (Multi-layer IBA: 15 s instead of 100). The maps do not depend on it.
       chunk: images optimised together (their chunk x samples noisy activations go through
         the suffix as one batch); chunks run one after another, so memory stays bounded. None:
-        about 16 suffix images per pass (1 image at 10 samples), best on CPU; raise it on
-        accelerators. The maps do not depend on it.
+        about 16 suffix images per pass (1 image at 10 samples), lowered to the chunk that
+        pads the batch least, best on CPU; raise it on accelerators. The maps do not depend
+        on it.
     """
 
     beta: Any = 10.0
