@@ -236,9 +236,10 @@ def test_scores_on_eight_devices_equal_one_device():
                                        rtol=1e-4, atol=1e-5, err_msg=f"{method} {metric}")
 
 
-def test_gallery_maps_reuse_the_scorers_compiled_programs(tmp_path):
-    """The report's overlays come from the programs `score` compiled: no second compile, and
-    the maps equal the method called directly."""
+def test_gallery_draws_the_scored_maps_and_explains_only_what_an_earlier_run_scored(tmp_path):
+    """The scoring keeps the gallery's maps, so drawing them explains nothing again; on a
+    resumed run (the images scored earlier, their maps not saved) the gallery explains them
+    with the programs `score` compiled: no second compile, and the maps equal the method's."""
     from cxr_jax import attribution
 
     model = models.get("resnet_tiny", num_classes=2)
@@ -247,15 +248,37 @@ def test_gallery_maps_reuse_the_scorers_compiled_programs(tmp_path):
     spec = evaluation.Spec(methods={"gradient": ("gradient", {})}, tolerance=2.0, batch_size=4,
                            faithfulness=False, sensitivity_num_n=0)
     scorer = evaluation.Scorer(model, spec)
-    scorer.score(variables, images[:4], masks[:4, 0], np.zeros(4), jax.random.key(0))
+    calls = []
+    maps_fn = scorer.maps
+    scorer.maps = lambda *a, **k: calls.append(len(a[1])) or maps_fn(*a, **k)
+    picks = evaluation.gallery_picks(masks, labels, ["a", "b"], 3)
+    assert picks == [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (1, 3)]  # image 0 lacks "b"
+    summary = evaluation.run(str(tmp_path), model, variables, images, masks, labels, ["a", "b"],
+                             spec, progress=False, scorer=scorer, keep=picks)
+    kept = summary.pop("maps")
+    assert sorted(kept) == picks and "maps" not in json.load(open(tmp_path / "evaluation.json"))
+    for k, i in picks:  # what was scored is the method's map of that image and finding
+        want = attribution.get("gradient")(model, variables, jnp.asarray(images[i:i + 1]),
+                                           jnp.array([k]))[0]
+        np.testing.assert_allclose(kept[(k, i)]["gradient"], want, rtol=1e-5, atol=1e-6)
+    rows = [json.loads(line) for line in open(tmp_path / "per_image.jsonl")]
+    assert all("map" not in r["gradient"] for r in rows)
     compiled = scorer.explain["gradient"]._cache_size()
     path = evaluation.gallery(str(tmp_path), scorer, variables, images, masks, labels,
-                              ["a", "b"], per_finding=3)  # 6 images, padded to the rows
-    assert os.path.exists(path)
+                              ["a", "b"], per_finding=3, scored=kept)
+    assert os.path.exists(path) and calls == []
+    # resumed: nothing left to score, so nothing kept; given one map, the gallery explains
+    # the other 5 images in calls of at most `rows`, with the compiled programs
+    again = evaluation.run(str(tmp_path), model, variables, images, masks, labels, ["a", "b"],
+                           spec, progress=False, scorer=scorer, keep=picks)
+    assert again["maps"] == {}
+    evaluation.gallery(str(tmp_path), scorer, variables, images, masks, labels, ["a", "b"],
+                       per_finding=3, scored={**again["maps"], (0, 0): kept[(0, 0)]})
+    assert sum(calls) == 5 and max(calls) <= scorer.rows
     assert scorer.explain["gradient"]._cache_size() == compiled == 1
-    got = scorer.maps(variables, images[[1, 2]], np.array([1, 1]), jax.random.key(0))
+    got = maps_fn(variables, images[[1, 2]], np.array([1, 1]), jax.random.key(0))
     want = attribution.get("gradient")(model, variables, jnp.asarray(images[[1, 2]]),
                                        jnp.array([1, 1]))
     np.testing.assert_allclose(got["gradient"], want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="Scorer.rows"):
-        scorer.maps(variables, images[:0], np.zeros(0), jax.random.key(0))
+        maps_fn(variables, images[:0], np.zeros(0), jax.random.key(0))

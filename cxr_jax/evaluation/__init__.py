@@ -11,9 +11,9 @@
 from cxr_jax.evaluation.aggregate import METRICS, summarise
 from cxr_jax.evaluation.engine import Scorer, Spec, run
 from cxr_jax.evaluation.methods import default_methods, for_task, select
-from cxr_jax.evaluation.study import (evaluate, evaluate_checkpoint, gallery, report_sections,
-                                      spec_from_config)
+from cxr_jax.evaluation.study import (evaluate, evaluate_checkpoint, gallery, gallery_picks,
+                                      report_sections, spec_from_config)
 
 __all__ = ["METRICS", "Scorer", "Spec", "default_methods", "evaluate", "evaluate_checkpoint",
-           "for_task", "gallery", "report_sections", "run", "select", "spec_from_config",
-           "summarise"]
+           "for_task", "gallery", "gallery_picks", "report_sections", "run", "select",
+           "spec_from_config", "summarise"]

@@ -20,7 +20,7 @@ import math
 import os
 import time
 import traceback
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -119,10 +119,11 @@ class Scorer:
         return fn(self.model, variables, x, targets, key=key, **hp)
 
     def score(self, variables, x: np.ndarray, masks: np.ndarray, targets: np.ndarray,
-              key) -> dict[str, dict[str, np.ndarray]]:
+              key, *, maps: bool = False) -> dict[str, dict[str, np.ndarray]]:
         """Per-image metric values for every method (and the centre baseline) on one batch:
         every method's maps first, then the metrics (the model-querying ones of all methods
-        in one call)."""
+        in one call). With `maps`, each method's entry also holds its maps under "map"
+        ([n, H, W] float32 on the host, NaN set to 0, as they were scored)."""
         spec = self.spec
         masks = np.asarray(masks)
         # Padded to `rows` (one compiled shape); `_score_maps` cuts results back to n rows.
@@ -144,6 +145,8 @@ class Scorer:
             curves = None if faith is None else (faith[0][i], faith[1][i])
             out[name] = self._score_maps(variables, x, masks, masks_dev, t, keys[name],
                                          raws[name], gt_boxes, curves)
+            if not maps:
+                del out[name]["map"]
         self.seconds["explanation"] += mid - start
         self.seconds["metrics"] += time.perf_counter() - mid
         return out
@@ -191,6 +194,7 @@ class Scorer:
             "ehr": np.asarray(metrics.effective_heat_ratio(sal_np, masks)),
             "box": boxes,
             "peak": np.asarray(metrics.saliency_peaks(sal_np)),
+            "map": sal_np,
         }
         if curves is not None:
             res["insertion"], res["deletion"] = curves[0][:n], curves[1][:n]
@@ -270,7 +274,7 @@ def _work(finite, masks, labels, finding_names, spec, require_mask, done) -> lis
 def run(workdir: str, model, variables, images: np.ndarray, masks: np.ndarray,
         labels: np.ndarray, finding_names: Sequence[str], spec: Spec,
         *, require_mask: bool = True, progress: bool = True,
-        scorer: Scorer | None = None) -> dict:
+        scorer: Scorer | None = None, keep: Collection[tuple[int, int]] = ()) -> dict:
     """Explains and scores every (positive image, finding) pair; resumable.
 
     Args:
@@ -288,8 +292,13 @@ def run(workdir: str, model, variables, images: np.ndarray, masks: np.ndarray,
       require_mask: explain only images whose mask for the finding is non-empty (False for
         datasets without regions, e.g. BrixIA: localisation metrics are then NaN).
       scorer: a `Scorer(model, spec)` to reuse (its jitted functions are compiled once).
+      keep: (finding index, image id) pairs whose maps to return (e.g. the report's gallery),
+        when this call scores them; pairs scored by an earlier run are not kept (their maps
+        were not saved).
     Returns:
-      The summary (see `summarise`) with "skipped", also written to workdir/evaluation.json.
+      The summary (see `summarise`) with "skipped", also written to workdir/evaluation.json;
+      with `keep`, also "maps": {(finding index, image id): {method: map [H, W]}} for the
+      pairs this call scored (not written).
     """
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "per_image.jsonl")
@@ -304,19 +313,27 @@ def run(workdir: str, model, variables, images: np.ndarray, masks: np.ndarray,
     bar = progress_bar(len(work), desc="explain+score", unit="batch") if progress and work \
         else None
     writer = runtime.is_writer()  # with several processes, process 0 writes
+    keep, kept = set(keep), {}
     if writer:
         _end_cut_line(path)
     with open(path if writer else os.devnull, "a") as f:
         for k, name, batch in work:
+            wanted = [j for j, i in enumerate(batch) if (k, int(i)) in keep]
             try:  # (the scorer pads a short batch to its rows)
                 res = scorer.score(variables, images[batch], masks[batch, k],
                                    np.full(len(batch), k), jax.random.fold_in(key, k * 100003
-                                                                              + int(batch[0])))
+                                                                              + int(batch[0])),
+                                   maps=bool(wanted))
             except Exception as err:  # one failing batch is reported, the run goes on
                 logging.error("Batch of %s (images %s) failed: %s\n%s", name, batch.tolist(),
                               err, traceback.format_exc())
                 skipped += [{"id": int(i), "finding": name, "reason": str(err)} for i in batch]
                 continue
+            for j in wanted:
+                kept[(k, int(batch[j]))] = {m: vals["map"][j] for m, vals in res.items()
+                                            if "map" in vals}
+            for vals in res.values():
+                vals.pop("map", None)
             for j, i in enumerate(batch):
                 row = {"id": int(i), "finding": name,
                        "gt_box": _jsonable(metrics.mask_box(masks[i, k]))}
@@ -333,4 +350,6 @@ def run(workdir: str, model, variables, images: np.ndarray, masks: np.ndarray,
     summary["skipped"] = skipped
     if writer:
         write_json(os.path.join(workdir, "evaluation.json"), summary)
+    if keep:
+        summary["maps"] = kept
     return summary

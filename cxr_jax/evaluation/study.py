@@ -28,26 +28,44 @@ from cxr_jax.report import figures, sections, tables, write_index
 from cxr_jax.report.html import collapsed
 
 
-def gallery(workdir: str, scorer: Scorer, variables, images, masks, labels, names,
-            *, per_finding: int = 1, file: str = "overlays.png") -> str | None:
-    """Overlays of every method's map on `per_finding` positive images of each finding.
-
-    The maps come from the scorer's compiled programs (`Scorer.maps`), so drawing them costs no
-    compile. With several processes every process calls this; process 0 draws."""
+def gallery_picks(masks, labels, names, per_finding: int) -> list[tuple[int, int]]:
+    """(finding index, image id) of the gallery: the first `per_finding` positives of each
+    finding whose region is not empty."""
     picks = []
     for k in range(len(names)):
         ids = np.nonzero((labels[:, k] == 1) & masks[:, k].reshape(len(masks), -1).any(1))[0]
-        picks += [(int(i), k) for i in ids[:per_finding]]
+        picks += [(k, int(i)) for i in ids[:per_finding]]
+    return picks
+
+
+def gallery(workdir: str, scorer: Scorer, variables, images, masks, labels, names,
+            *, per_finding: int = 1, file: str = "overlays.png",
+            scored: Mapping[tuple[int, int], Mapping[str, np.ndarray]] | None = None
+            ) -> str | None:
+    """Overlays of every method's map on `per_finding` positive images of each finding.
+
+    The maps are those the scoring kept (`scored`, from `run(..., keep=gallery_picks(...))`),
+    so the overlays show what was scored; images scored by an earlier run are explained again
+    with the scorer's compiled programs (`Scorer.maps`), at no compile. With several processes
+    every process calls this (they hold the same `scored`); process 0 draws."""
+    picks = gallery_picks(masks, labels, names, per_finding)
     if not picks:
         return None
-    ids = np.array([i for i, _ in picks])
-    ks = np.array([k for _, k in picks])
+    scored = scored or {}
+    redo = [p for p in picks if p not in scored]
+    ks = np.array([k for k, _ in redo], np.int32)
+    ids = np.array([i for _, i in redo], np.int64)
     rows = scorer.rows
-    chunks = [scorer.maps(variables, images[ids[s:s + rows]], ks[s:s + rows],
-                          jax.random.key(s)) for s in range(0, len(ids), rows)]
+    for s in range(0, len(redo), rows):
+        chunk = scorer.maps(variables, images[ids[s:s + rows]], ks[s:s + rows],
+                            jax.random.key(s))
+        scored = {**scored, **{p: {m: chunk[m][j] for m in chunk}
+                               for j, p in enumerate(redo[s:s + rows])}}
     if not runtime.is_writer():
         return None
-    maps = {name: np.concatenate([c[name] for c in chunks]) for name in scorer.explain}
+    ids = np.array([i for _, i in picks])
+    ks = np.array([k for k, _ in picks])
+    maps = {name: np.stack([scored[p][name] for p in picks]) for name in scorer.explain}
     path = os.path.join(workdir, file)
     figures.save_overlays(images[ids], maps, path, masks=masks[ids, ks],
                           row_titles=[names[k] for k in ks])
@@ -112,8 +130,10 @@ def evaluate(workdir: str, model, variables, loc: LocalisationSet, cfg, *,
     n_dev = int(cfg.get("devices", 0) or 0)  # 0: every device of every process
     scorer = Scorer(model, spec, mesh=sharding.make_mesh(jax.devices()[:n_dev]) if n_dev
                     else None)
+    picks = gallery_picks(loc.masks, loc.labels, loc.names, cfg.gallery_per_finding)
     summary = run(workdir, model, variables, loc.images, loc.masks, loc.labels, loc.names, spec,
-                  require_mask=loc.require_mask, progress=progress, scorer=scorer)
+                  require_mask=loc.require_mask, progress=progress, scorer=scorer, keep=picks)
+    scored = summary.pop("maps", {})
     summary["skipped"] += [{"id": p, "reason": r} for p, r in loc.skipped]
     results = {key: summary[key] for key in ("pointing_game", "pointing_game_pooled",
                                              "pointing_game_ci", "table", "agreement", "counts",
@@ -129,7 +149,7 @@ def evaluate(workdir: str, model, variables, loc: LocalisationSet, cfg, *,
     results["seconds"] = seconds
     mark = time.perf_counter()
     gallery(workdir, scorer, variables, loc.images, loc.masks, loc.labels, loc.names,
-            per_finding=cfg.gallery_per_finding)
+            per_finding=cfg.gallery_per_finding, scored=scored)
     if runtime.is_writer():
         _write_report(workdir, results, summary, loc, cfg, setup, regression)
         seconds["report"] = time.perf_counter() - mark
