@@ -511,10 +511,11 @@ def test_multilayer_iba_optimises_each_layer_separately():
     x = region_images()
     t = jnp.array([0, 1])
     key = jax.random.key(4)
+    # 10 samples, as IBA's default (Multi-layer IBA's own default is 5)
     gated = np.asarray(jax.jit(lambda x, t, k: I.multilayer_iba(
-        model, variables, x, t, stats=stats, key=k, thresholds=0.1, unroll=1, samples=10)
-                                  )(x, t, key))
-    # layer j is explained alone (IBA's 10 samples; Multi-layer IBA's default is 5), with keys fold_in(fold_in(key, i), j), then combined
+        model, variables, x, t, stats=stats, key=k, thresholds=0.1, unroll=1,
+        samples=10))(x, t, key))
+    # layer j is explained alone, with keys fold_in(fold_in(key, i), j), then combined
     keys = [jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, i), j))(jnp.arange(2))
             for j in range(2)]
     maps = [region_iba(x, t, keys[0], layer="features"), region_iba(x, t, keys[1])]

@@ -51,16 +51,14 @@ def gallery(workdir: str, scorer: Scorer, variables, images, masks, labels, name
     picks = gallery_picks(masks, labels, names, per_finding)
     if not picks:
         return None
-    scored = scored or {}
+    scored = dict(scored or {})
     redo = [p for p in picks if p not in scored]
-    ks = np.array([k for k, _ in redo], np.int32)
-    ids = np.array([i for _, i in redo], np.int64)
     rows = scorer.rows
     for s in range(0, len(redo), rows):
-        chunk = scorer.maps(variables, images[ids[s:s + rows]], ks[s:s + rows],
-                            jax.random.key(s))
-        scored = {**scored, **{p: {m: chunk[m][j] for m in chunk}
-                               for j, p in enumerate(redo[s:s + rows])}}
+        part = redo[s:s + rows]
+        chunk = scorer.maps(variables, images[[i for _, i in part]],
+                            np.array([k for k, _ in part]), jax.random.key(s))
+        scored.update({p: {m: chunk[m][j] for m in chunk} for j, p in enumerate(part)})
     if not runtime.is_writer():
         return None
     ids = np.array([i for _, i in picks])
