@@ -24,6 +24,7 @@ claim that "holds (within noise)" is ahead on the point estimate only).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Any, Mapping, Sequence
@@ -31,6 +32,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from cxr_jax import evaluation, training
+from cxr_jax.data import datasets
 from cxr_jax.common.files import read_json, write_json, write_text
 from cxr_jax.evaluation import aggregate, engine
 from cxr_jax.report import figures, sections, tables, write_index
@@ -49,11 +51,25 @@ LAYOUTS = {
 }
 
 
-def _train(workdir: str, config) -> None:
-    """Trains one model of the comparison, unless a finished run of this budget is there."""
+def _data_key(config) -> str:
+    """What a training config's dataset depends on: everything but the model."""
+    return json.dumps({k: v for k, v in config.to_dict().items() if k != "model"},
+                      sort_keys=True, default=str)
+
+
+def _train(workdir: str, config, shared: dict) -> None:
+    """Trains one model of the comparison, unless a finished run of this budget is there.
+
+    `shared` holds the last dataset built ({"key", "data"}): the comparison's models train on
+    the same data, so it is built once (at 224 px, 10,000 phantoms take minutes to render)."""
     done = read_json(os.path.join(workdir, "results.json"), {})
-    if done.get("steps") != config.steps:
-        training.train_and_evaluate(config, workdir)
+    if done.get("steps") == config.steps:
+        return
+    key = _data_key(config)
+    if shared.get("key") != key:
+        shared.clear()  # one dataset held at a time
+        shared.update(key=key, data=datasets.build(config))
+    training.train_and_evaluate(config, workdir, data=shared["data"])
 
 
 def _finite_mean(values) -> float:
@@ -302,7 +318,7 @@ def run(workdir: str, c) -> dict:
                              f"set: pass --config.data_dirs.{dataset}=FOLDER, or leave the "
                              f"entry out of --config.models.")
     os.makedirs(workdir, exist_ok=True)
-    results, figs, rows = {}, [], []
+    results, figs, rows, shared = {}, [], [], {}
     for entry in c.models:
         # "model" or "model@dataset" (e.g. a severity regressor beside a classifier).
         model_name, _, dataset = entry.partition("@")
@@ -321,8 +337,9 @@ def run(workdir: str, c) -> dict:
         edir = os.path.join(workdir, tag, "eval")
         methods = evaluation.for_task(c.methods.to_dict(),
                                       regression=tcfg.dataset in REGRESSION_DATASETS)
-        _train(tdir, tcfg)
-        res = evaluation.evaluate_checkpoint(edir, tdir, ecfg, methods=methods)
+        _train(tdir, tcfg, shared)
+        data = shared.get("data") if shared.get("key") == _data_key(tcfg) else None
+        res = evaluation.evaluate_checkpoint(edir, tdir, ecfg, methods=methods, data=data)
         results[tag] = res
         model_part = model_rows(tag, res, engine.read_rows(edir), c)
         rows += model_part

@@ -183,6 +183,28 @@ def test_evaluate_checkpoint_end_to_end_writes_results_report_and_noise_check(tm
     assert all(0 <= v <= 1 for v in flat(again).values())
     with open(os.path.join(edir, "index.html")) as f:
         assert "IBA noise check" in f.read()
+    # A finished evaluation is returned as written, without loading the model again; a changed
+    # config, or a checkpoint trained after it, evaluates again.
+    class Loaded(Exception):
+        pass
+
+    def load(_):
+        raise Loaded
+
+    real_load, training.load_trained = training.load_trained, load
+    try:
+        assert evaluation.evaluate_checkpoint(edir, tdir, c)["pointing_game"] == pytest.approx(
+            res["pointing_game"])
+        changed = c.copy_and_resolve_references()
+        changed.max_per_finding = 2
+        with pytest.raises(Loaded):
+            evaluation.evaluate_checkpoint(edir, tdir, changed)
+        later = os.path.getmtime(os.path.join(edir, "results.json")) + 10
+        os.utime(os.path.join(tdir, "results.json"), (later, later))
+        with pytest.raises(Loaded):
+            evaluation.evaluate_checkpoint(edir, tdir, c)
+    finally:
+        training.load_trained = real_load
 
 
 def test_a_method_giving_nan_maps_scores_nan_not_hits(tmp_path):

@@ -153,13 +153,13 @@ def test_model_entries_train_and_evaluate_on_their_own_dataset(tmp_path, monkeyp
     assert not (tmp_path / "a").exists()
     seen = []
 
-    def evaluate(edir, tdir, ecfg, methods):  # records what it was asked, then stops the run
+    def evaluate(edir, tdir, ecfg, methods, data):  # records what it was asked, then stops the run
         seen.append((ecfg.dataset, ecfg.data_dir, sorted(methods)))
         raise KeyError("stop")
 
     trained = []
-    monkeypatch.setattr(paper, "_train", lambda tdir, t: trained.append((t.model, t.dataset,
-                                                                         t.data_dir)))
+    monkeypatch.setattr(paper, "_train", lambda tdir, t, shared: trained.append(
+        (t.model, t.dataset, t.data_dir)))
     monkeypatch.setattr(paper.evaluation, "evaluate_checkpoint", evaluate)
     with c.unlocked():
         c.train.data_dir = "/data/nih"
@@ -169,3 +169,24 @@ def test_model_entries_train_and_evaluate_on_their_own_dataset(tmp_path, monkeyp
         paper.run(str(tmp_path / "b"), c)
     assert trained == [("densenet121", "brixia", "/data/brixia")]
     assert seen[0][:2] == ("brixia", "/data/brixia") and "regression_iba" in seen[0][2]
+
+
+def test_models_of_one_comparison_share_one_built_dataset(tmp_path, monkeypatch):
+    built, trained = [], []
+    monkeypatch.setattr(paper.datasets, "build", lambda t: built.append(t.image_size) or object())
+    monkeypatch.setattr(paper.training, "train_and_evaluate",
+                        lambda t, tdir, data: trained.append((t.model, data)))
+    c = paper_cam_boxes.get_config("reduced").train
+    shared = {}
+    for model, size in (("resnet50_slim", 224), ("densenet121_slim", 224),
+                        ("densenet169_slim", 128)):
+        t = c.copy_and_resolve_references()
+        with t.unlocked():
+            t.model, t.image_size = model, size
+        paper._train(str(tmp_path / model), t, shared)
+    assert built == [224, 128]  # the second model reused the first one's data
+    assert trained[0][1] is trained[1][1] and trained[2][1] is not trained[1][1]
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "results.json").write_text(f'{{"steps": {c.steps}}}')
+    paper._train(str(tmp_path / "done"), c, shared)  # finished: neither built nor trained
+    assert len(built) == 2 and len(trained) == 3

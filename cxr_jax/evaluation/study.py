@@ -8,6 +8,7 @@ index.html into the workdir, and resume from it.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -18,7 +19,7 @@ import numpy as np
 
 from cxr_jax import attribution, runtime, training
 from cxr_jax.common import sharding
-from cxr_jax.common.files import write_json
+from cxr_jax.common.files import read_json, write_json
 from cxr_jax.data import datasets
 from cxr_jax.data.types import LocalisationSet
 from cxr_jax.evaluation import methods as method_sets
@@ -176,10 +177,31 @@ def report_sections(workdir: str, results: Mapping, findings, *, regression: boo
     return out
 
 
+def _request(cfg, methods) -> dict:
+    """What an evaluation was asked for, as its results file holds it (a JSON round trip)."""
+    plain = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    return json.loads(json.dumps({"config": plain, "methods": methods}, sort_keys=True,
+                                 default=str))
+
+
+def _finished(workdir: str, checkpoint: str, request: dict) -> dict | None:
+    """The results of an evaluation of `workdir` that finished for this request after the
+    checkpoint's training last wrote its results, or None."""
+    path, trained = os.path.join(workdir, "results.json"), os.path.join(checkpoint,
+                                                                        "results.json")
+    done = read_json(path, {})
+    if done.get("settings", {}).get("request") != request or not os.path.exists(trained):
+        return None
+    return done if os.path.getmtime(path) >= os.path.getmtime(trained) else None
+
+
 def evaluate_checkpoint(workdir: str, checkpoint: str, cfg, *, methods=None,
-                        progress: bool = True) -> dict:
+                        progress: bool = True, data=None) -> dict:
     """Loads a trained model, explains held-out images with the chosen methods, scores them and
-    writes the report (see `evaluate`) into `workdir`. Resumable.
+    writes the report (see `evaluate`) into `workdir`. Resumable; a finished evaluation is not
+    redone: when `workdir/results.json` was written for the same config and methods after the
+    checkpoint's training finished, those results are returned (delete the file to evaluate
+    again).
 
     Args:
       workdir: output folder.
@@ -187,19 +209,26 @@ def evaluate_checkpoint(workdir: str, checkpoint: str, cfg, *, methods=None,
       cfg: an evaluation config (experiments/configs/evaluate.py): the dataset and data_dir
         default to the training run's.
       methods: optional {output name: {"method": name, **hparams}} replacing the defaults.
+      data: the training run's `datasets.Dataset` when at hand: its held-out phantoms are
+        reused instead of rendered again (the same pixels).
     Returns:
       The results dict of `evaluate`, with the model and dataset in "settings".
     """
+    request = _request(cfg, methods)
+    done = _finished(workdir, checkpoint, request)
+    if done is not None:
+        return done
     model, variables, tcfg, names = training.load_trained(checkpoint)
     data_cfg = tcfg.copy_and_resolve_references()
     with data_cfg.unlocked():
         data_cfg.dataset = cfg.dataset or tcfg.dataset
         data_cfg.data_dir = cfg.data_dir or tcfg.data_dir
         data_cfg.num_test = cfg.num_test
-    loc = datasets.localisation_set(data_cfg, names)
+    loc = datasets.localisation_set(data_cfg, names, data)
     size = loc.images.shape[1]
     return evaluate(
         workdir, model, variables, loc, cfg, regression=tcfg.loss == "mse", methods=methods,
         estimation_images=lambda: datasets.estimation_images(data_cfg, cfg.iba_samples),
         setup=f"Model {tcfg.model} from {checkpoint}, {data_cfg.dataset} at {size}px.",
-        settings={"model": tcfg.model, "dataset": data_cfg.dataset}, progress=progress)
+        settings={"model": tcfg.model, "dataset": data_cfg.dataset, "request": request},
+        progress=progress)

@@ -215,10 +215,12 @@ def train(config, workdir: str, train_source, eval_arrays: Mapping[str, np.ndarr
                progress=progress).results
 
 
-def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> Trained:
-    """The training study: builds `config.dataset` (`cxr_jax.data.datasets.build`), takes its
-    natural loss unless `config.loss` names one, and trains into `workdir` (resumable)."""
-    data = datasets.build(config)
+def train_and_evaluate(config, workdir: str, *, progress: bool = True,
+                       data: datasets.Dataset | None = None) -> Trained:
+    """The training study: builds `config.dataset` (`cxr_jax.data.datasets.build`) unless `data`
+    is that dataset already built, takes its natural loss unless `config.loss` names one, and
+    trains into `workdir` (resumable)."""
+    data = datasets.build(config) if data is None else data
     with config.unlocked():
         config.loss = config.loss or data.loss
     return fit(config, workdir, data.train, data.eval, data.label_names, progress=progress)
