@@ -8,6 +8,7 @@ index.html into the workdir, and resume from it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -177,31 +178,29 @@ def report_sections(workdir: str, results: Mapping, findings, *, regression: boo
     return out
 
 
-def _request(cfg, methods) -> dict:
-    """What an evaluation was asked for, as its results file holds it (a JSON round trip)."""
+def _request(cfg, methods, checkpoint: str) -> dict:
+    """What an evaluation was asked for, as its results file holds it (a JSON round trip): the
+    config, the methods and a digest of the training run's config.json and results.json (a
+    retrained checkpoint changes it)."""
     plain = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-    return json.loads(json.dumps({"config": plain, "methods": methods}, sort_keys=True,
+    digest = hashlib.sha256()
+    for name in ("config.json", "results.json"):
+        path = os.path.join(checkpoint, name)
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                digest.update(f.read())
+    return json.loads(json.dumps({"config": plain, "methods": methods,
+                                  "trained": digest.hexdigest()[:16]}, sort_keys=True,
                                  default=str))
-
-
-def _finished(workdir: str, checkpoint: str, request: dict) -> dict | None:
-    """The results of an evaluation of `workdir` that finished for this request after the
-    checkpoint's training last wrote its results, or None."""
-    path, trained = os.path.join(workdir, "results.json"), os.path.join(checkpoint,
-                                                                        "results.json")
-    done = read_json(path, {})
-    if done.get("settings", {}).get("request") != request or not os.path.exists(trained):
-        return None
-    return done if os.path.getmtime(path) >= os.path.getmtime(trained) else None
 
 
 def evaluate_checkpoint(workdir: str, checkpoint: str, cfg, *, methods=None,
                         progress: bool = True, data=None) -> dict:
     """Loads a trained model, explains held-out images with the chosen methods, scores them and
     writes the report (see `evaluate`) into `workdir`. Resumable; a finished evaluation is not
-    redone: when `workdir/results.json` was written for the same config and methods after the
-    checkpoint's training finished, those results are returned (delete the file to evaluate
-    again).
+    redone: when `workdir/results.json` was written for the same config and methods and the
+    same training run (its config.json and results.json unchanged), those results are returned
+    (delete the file to evaluate again).
 
     Args:
       workdir: output folder.
@@ -214,9 +213,9 @@ def evaluate_checkpoint(workdir: str, checkpoint: str, cfg, *, methods=None,
     Returns:
       The results dict of `evaluate`, with the model and dataset in "settings".
     """
-    request = _request(cfg, methods)
-    done = _finished(workdir, checkpoint, request)
-    if done is not None:
+    request = _request(cfg, methods, checkpoint)
+    done = read_json(os.path.join(workdir, "results.json"), {})
+    if done.get("settings", {}).get("request") == request:
         return done
     model, variables, tcfg, names = training.load_trained(checkpoint)
     data_cfg = tcfg.copy_and_resolve_references()
