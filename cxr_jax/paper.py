@@ -350,8 +350,9 @@ def run(workdir: str, c) -> dict:
         if os.path.exists(os.path.join(edir, "agreement.png")):
             figs.append(sections.figure(f"{tag}: agreement between methods (box IoU)",
                                         os.path.join(tag, "eval", "agreement.png")))
-        figs.append(sections.figure(f"{tag}: overlays",
-                                    os.path.join(tag, "eval", "overlays.png")))
+        if os.path.exists(os.path.join(edir, "overlays.png")):  # not kept with copied results
+            figs.append(sections.figure(f"{tag}: overlays",
+                                        os.path.join(tag, "eval", "overlays.png")))
     columns = list(dict.fromkeys(k for r in rows for k in r))
     tables.write(os.path.join(workdir, "table"), rows, columns, title=c.title)
     verdicts = check_claims(list(c.get("claims", [])), rows, results)

@@ -190,3 +190,25 @@ def test_models_of_one_comparison_share_one_built_dataset(tmp_path, monkeypatch)
     (tmp_path / "done" / "results.json").write_text(f'{{"steps": {c.steps}}}')
     paper._train(str(tmp_path / "done"), c, shared)  # finished: neither built nor trained
     assert len(built) == 2 and len(trained) == 3
+
+
+def test_the_shipped_cam_results_give_the_readme_verdicts():
+    """The measured CAM comparison shipped in experiments/results (three of its four models):
+    the claims re-checked from its rows and agreement matrices give the verdicts README states."""
+    import json
+    import os
+
+    root = os.path.join(os.path.dirname(__file__), "..", "experiments", "results",
+                        "cam_boxes_reduced")
+    with open(os.path.join(root, "results.json")) as f:
+        shipped = json.load(f)
+    results = {}
+    for tag in dict.fromkeys(r["model"] for r in shipped["rows"]):
+        with open(os.path.join(root, tag, "eval", "results.json")) as f:
+            results[tag] = json.load(f)
+    c = paper_cam_boxes.get_config("reduced")
+    verdicts = paper.check_claims(list(c.claims), shipped["rows"], results)
+    assert [v["verdict"] for v in verdicts] == [
+        "holds on phantoms", "does not hold on phantoms (separated)",
+        "holds on phantoms (separated)", "holds on phantoms"]
+    assert verdicts == shipped["claims"]

@@ -10,6 +10,9 @@ plus the agreement matrix between methods (seed 002's comparison on NIH ChestX-r
 their width (`*_slim`), trained on phantoms at 224 px, so the explained maps are 7 x 7 as in the
 paper (500 steps of 32 each); "gpu": the same four at full width and 3,000 steps; "full": the four
 at full width on NIH at 224.
+
+experiments/results/cam_boxes_reduced holds the measured ":reduced" run so far (three of the
+four models); copied to the workdir, a rerun reuses them and runs only what is missing.
 """
 
 import ml_collections
