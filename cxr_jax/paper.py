@@ -72,6 +72,21 @@ def _train(workdir: str, config, shared: dict) -> None:
     training.train_and_evaluate(config, workdir, data=shared["data"])
 
 
+def _trained_row(tag: str, tdir: str) -> dict:
+    """A model's held-out score from its training results: mean and lowest AUROC per finding
+    for a classifier, MAE for a regressor."""
+    r = read_json(os.path.join(tdir, "results.json"), {})
+    row = {"model": tag, "steps": r.get("steps")}
+    if r.get("auroc"):
+        low = min(r["auroc"], key=r["auroc"].get)
+        row.update({"mean AUROC": f"{r['mean_auroc']:.3f}",
+                    "lowest AUROC": f"{r['auroc'][low]:.3f} ({low})"})
+    for key in ("accuracy", "mae"):
+        if key in r:
+            row[key] = f"{r[key]:.3f}"
+    return row
+
+
 def _finite_mean(values) -> float:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
@@ -318,7 +333,7 @@ def run(workdir: str, c) -> dict:
                              f"set: pass --config.data_dirs.{dataset}=FOLDER, or leave the "
                              f"entry out of --config.models.")
     os.makedirs(workdir, exist_ok=True)
-    results, figs, rows, shared = {}, [], [], {}
+    results, figs, rows, shared, trained = {}, [], [], {}, []
     for entry in c.models:
         # "model" or "model@dataset" (e.g. a severity regressor beside a classifier).
         model_name, _, dataset = entry.partition("@")
@@ -338,6 +353,7 @@ def run(workdir: str, c) -> dict:
         methods = evaluation.for_task(c.methods.to_dict(),
                                       regression=tcfg.dataset in REGRESSION_DATASETS)
         _train(tdir, tcfg, shared)
+        trained.append(_trained_row(tag, tdir))
         data = shared.get("data") if shared.get("key") == _data_key(tcfg) else None
         res = evaluation.evaluate_checkpoint(edir, tdir, ecfg, methods=methods, data=data)
         results[tag] = res
@@ -365,5 +381,7 @@ def run(workdir: str, c) -> dict:
     write_index(workdir, c.title,
                 [("The paper's claims, checked", tables.html(verdicts, claim_cols)),
                  ("Table (as in the paper), with 95% intervals", tables.html(rows, columns)),
+                 ("The trained models, on held-out images",
+                  tables.html(trained, list(dict.fromkeys(k for r in trained for k in r)))),
                  ("Note", f"<p>{c.note}</p>")] + figs)
     return results

@@ -212,3 +212,15 @@ def test_the_shipped_cam_results_give_the_readme_verdicts():
         "holds on phantoms", "does not hold on phantoms (separated)",
         "holds on phantoms (separated)", "holds on phantoms"]
     assert verdicts == shipped["claims"]
+
+
+def test_trained_row_reports_mean_and_lowest_auroc_or_mae(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "results.json").write_text(
+        '{"steps": 500, "auroc": {"mass": 0.9, "nodule": 0.8}, "mean_auroc": 0.85}')
+    assert paper._trained_row("m", str(tmp_path / "c")) == {
+        "model": "m", "steps": 500, "mean AUROC": "0.850", "lowest AUROC": "0.800 (nodule)"}
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "results.json").write_text('{"steps": 10, "mae": 0.8612}')
+    assert paper._trained_row("s", str(tmp_path / "r")) == {"model": "s", "steps": 10,
+                                                            "mae": "0.861"}
