@@ -221,3 +221,18 @@ def test_sensitivity_n_rejects_bad_input():
     with pytest.raises(ValueError, match="num_masks"):
         sensitivity_n(MODEL, v, x, jnp.ones((1, 4, 4)), jnp.array([0]), key=jax.random.key(0),
                       num_masks=1)
+
+
+def test_correlation_of_vectors_constant_up_to_rounding_is_undefined():
+    """Sums of a spatially constant map over different masks of n pixels differ only in float
+    rounding; their correlation with anything is undefined (NaN, counted 0 by sensitivity-N),
+    not +-1 from the rounding. A real spread, however small in absolute terms, still counts."""
+    from cxr_jax.metrics.faithfulness import _pearson_last_axis
+
+    drop = jnp.array([[0.2, -0.3, 0.1]])
+    rounded = jnp.array([[38.701767, 38.70177, 38.701767]], jnp.float32)
+    assert np.isnan(np.asarray(_pearson_last_axis(rounded, drop))).all()
+    assert np.isnan(np.asarray(_pearson_last_axis(drop, rounded))).all()
+    small = jnp.array([[1e-6, 3e-6, 2e-6]])
+    np.testing.assert_allclose(np.asarray(_pearson_last_axis(small, drop * -1)),
+                               np.corrcoef([1, 3, 2], [-0.2, 0.3, -0.1])[0, 1], rtol=1e-5)

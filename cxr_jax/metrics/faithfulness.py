@@ -258,15 +258,26 @@ def sensitivity_n_values(num_pixels: int, num: int = 50) -> np.ndarray:
     return np.clip(v, 1, num_pixels)
 
 
+FLAT_RTOL = 1e-5  # spread at or below this share of a vector's magnitude is float rounding
+
+
 def _pearson_last_axis(a, b):
-    """Pearson correlation along the last axis; exactly constant inputs give NaN."""
-    a = a - a[..., :1]  # shift first: a constant vector becomes exactly zero
-    b = b - b[..., :1]
-    a = a - a.mean(-1, keepdims=True)
-    b = b - b.mean(-1, keepdims=True)
+    """Pearson correlation along the last axis; NaN where either input is constant up to float
+    rounding (its standard deviation at most FLAT_RTOL times its largest magnitude). A
+    spatially constant map gives mask sums that differ only in the order of their additions,
+    and correlating those gives +-1 from rounding alone, differently on each device layout."""
+    def centred(v):
+        scale = jnp.max(jnp.abs(v), axis=-1)
+        v = v - v[..., :1]  # shift first: a constant vector becomes exactly zero
+        v = v - v.mean(-1, keepdims=True)
+        return v, jnp.sqrt(jnp.mean(v * v, axis=-1)) <= FLAT_RTOL * scale
+
+    a, flat_a = centred(a)
+    b, flat_b = centred(b)
     num = (a * b).sum(-1)
     den = jnp.sqrt((a * a).sum(-1) * (b * b).sum(-1))
-    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), jnp.nan)
+    ok = (den > 0) & ~flat_a & ~flat_b
+    return jnp.where(ok, num / jnp.where(ok, den, 1.0), jnp.nan)
 
 
 def sensitivity_n(model, variables, x, saliency, targets: Targets, *, key, n_values=None,
@@ -280,8 +291,9 @@ def sensitivity_n(model, variables, x, saliency, targets: Targets, *, key, n_val
       drop = f(x) - f(x * (1 - M) + baseline * M),
     with f = the target's logit (raw, as in the CheXplain-IBA reference) or `targets(logits)`
     for a callable. The result per image and n is the Pearson correlation of attribution and
-    drop over the masks; an undefined correlation (e.g. n = H * W, where every mask is the same)
-    counts as 0, as in the reference. For a linear model with saliency = gradient x input and a
+    drop over the masks; an undefined correlation (e.g. n = H * W, where every mask is the same,
+    or a spatially constant map, whose sums differ only by float rounding) counts as 0, as in
+    the reference. For a linear model with saliency = gradient x input and a
     zero baseline the correlation is exactly 1.
 
     Args:
