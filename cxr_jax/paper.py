@@ -57,19 +57,20 @@ def _data_key(config) -> str:
                       sort_keys=True, default=str)
 
 
-def _train(workdir: str, config, shared: dict) -> None:
-    """Trains one model of the comparison, unless a finished run of this budget is there.
+def _train(workdir: str, config, shared: dict) -> datasets.Dataset | None:
+    """Trains one model of the comparison, unless a finished run of this budget is there, and
+    returns the dataset built for it in this process (None when none was).
 
     `shared` holds the last dataset built ({"key", "data"}): the comparison's models train on
     the same data, so it is built once (at 224 px, 10,000 phantoms take minutes to render)."""
-    done = read_json(os.path.join(workdir, "results.json"), {})
-    if done.get("steps") == config.steps:
-        return
     key = _data_key(config)
-    if shared.get("key") != key:
-        shared.clear()  # one dataset held at a time
-        shared.update(key=key, data=datasets.build(config))
-    training.train_and_evaluate(config, workdir, data=shared["data"])
+    done = read_json(os.path.join(workdir, "results.json"), {})
+    if done.get("steps") != config.steps:
+        if shared.get("key") != key:
+            shared.clear()  # one dataset held at a time
+            shared.update(key=key, data=datasets.build(config))
+        training.train_and_evaluate(config, workdir, data=shared["data"])
+    return shared["data"] if shared.get("key") == key else None
 
 
 def _trained_row(tag: str, tdir: str) -> dict:
@@ -352,9 +353,8 @@ def run(workdir: str, c) -> dict:
         edir = os.path.join(workdir, tag, "eval")
         methods = evaluation.for_task(c.methods.to_dict(),
                                       regression=tcfg.dataset in REGRESSION_DATASETS)
-        _train(tdir, tcfg, shared)
+        data = _train(tdir, tcfg, shared)
         trained.append(_trained_row(tag, tdir))
-        data = shared.get("data") if shared.get("key") == _data_key(tcfg) else None
         res = evaluation.evaluate_checkpoint(edir, tdir, ecfg, methods=methods, data=data)
         results[tag] = res
         model_part = model_rows(tag, res, engine.read_rows(edir), c)

@@ -145,7 +145,8 @@ def test_regression_insertion_deletion_follow_the_raw_output():
         np.testing.assert_allclose(c[name], 1.0, atol=1e-6)  # the sigmoid saturates
 
 
-def test_evaluate_checkpoint_end_to_end_writes_results_report_and_noise_check(tmp_path):
+def test_evaluate_checkpoint_end_to_end_writes_results_report_and_noise_check(tmp_path,
+                                                                             monkeypatch):
     """A tiny trained checkpoint through evaluate_checkpoint: the files the issue names, the
     centre baseline beside the methods, and the IBA noise check for exactly the layers the IBA
     methods use, equal to attribution.noise_check recomputed from the cached statistics."""
@@ -191,20 +192,17 @@ def test_evaluate_checkpoint_end_to_end_writes_results_report_and_noise_check(tm
     def load(_):
         raise Loaded
 
-    real_load, training.load_trained = training.load_trained, load
-    try:
-        assert evaluation.evaluate_checkpoint(edir, tdir, c)["pointing_game"] == pytest.approx(
-            res["pointing_game"])
-        changed = c.copy_and_resolve_references()
-        changed.max_per_finding = 2
-        with pytest.raises(Loaded):
-            evaluation.evaluate_checkpoint(edir, tdir, changed)
-        with open(os.path.join(tdir, "results.json"), "a") as f:
-            f.write("\n")  # as if trained again
-        with pytest.raises(Loaded):
-            evaluation.evaluate_checkpoint(edir, tdir, c)
-    finally:
-        training.load_trained = real_load
+    monkeypatch.setattr(training, "load_trained", load)
+    assert evaluation.evaluate_checkpoint(edir, tdir, c)["pointing_game"] == pytest.approx(
+        res["pointing_game"])
+    changed = c.copy_and_resolve_references()
+    changed.max_per_finding = 2
+    with pytest.raises(Loaded):
+        evaluation.evaluate_checkpoint(edir, tdir, changed)
+    with open(os.path.join(tdir, "results.json"), "a") as f:
+        f.write("\n")  # as if trained again
+    with pytest.raises(Loaded):
+        evaluation.evaluate_checkpoint(edir, tdir, c)
 
 
 def test_a_method_giving_nan_maps_scores_nan_not_hits(tmp_path):

@@ -188,8 +188,10 @@ def test_models_of_one_comparison_share_one_built_dataset(tmp_path, monkeypatch)
     assert trained[0][1] is trained[1][1] and trained[2][1] is not trained[1][1]
     (tmp_path / "done").mkdir()
     (tmp_path / "done" / "results.json").write_text(f'{{"steps": {c.steps}}}')
-    paper._train(str(tmp_path / "done"), c, shared)  # finished: neither built nor trained
+    # finished: neither built nor trained
+    again = paper._train(str(tmp_path / "done"), c, shared)
     assert len(built) == 2 and len(trained) == 3
+    assert again is None  # its data (224 px) is not the one held (128 px)
 
 
 def test_the_shipped_cam_results_give_the_readme_verdicts():
