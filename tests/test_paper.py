@@ -195,7 +195,7 @@ def test_models_of_one_comparison_share_one_built_dataset(tmp_path, monkeypatch)
 
 
 def test_the_shipped_cam_results_give_the_readme_verdicts():
-    """The measured CAM comparison shipped in experiments/results (three of its four models):
+    """The measured CAM comparison shipped in experiments/results (all four models):
     the claims re-checked from its rows and agreement matrices give the verdicts README states."""
     import json
     import os
@@ -209,6 +209,7 @@ def test_the_shipped_cam_results_give_the_readme_verdicts():
         with open(os.path.join(root, tag, "eval", "results.json")) as f:
             results[tag] = json.load(f)
     c = paper_cam_boxes.get_config("reduced")
+    assert sorted(results) == sorted(c.models)
     verdicts = paper.check_claims(list(c.claims), shipped["rows"], results)
     assert [v["verdict"] for v in verdicts] == [
         "holds on phantoms", "does not hold on phantoms (separated)",

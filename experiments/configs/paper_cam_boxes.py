@@ -11,8 +11,9 @@ their width (`*_slim`), trained on phantoms at 224 px, so the explained maps are
 paper (500 steps of 32 each); "gpu": the same four at full width and 3,000 steps; "full": the four
 at full width on NIH at 224.
 
-experiments/results/cam_boxes_reduced holds the measured ":reduced" run so far (three of the
-four models); copied to the workdir, a rerun reuses them and runs only what is missing.
+experiments/results/cam_boxes_reduced holds the measured ":reduced" run (all four models, without
+the per-image overlays); copied to the workdir, a rerun reuses every model and only re-assembles
+the table.
 """
 
 import ml_collections
