@@ -369,8 +369,7 @@ def run(workdir: str, c) -> dict:
         if os.path.exists(os.path.join(edir, "overlays.png")):  # not kept with copied results
             figs.append(sections.figure(f"{tag}: overlays",
                                         os.path.join(tag, "eval", "overlays.png")))
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    tables.write(os.path.join(workdir, "table"), rows, columns, title=c.title)
+    tables.write(os.path.join(workdir, "table"), rows, title=c.title)
     verdicts = check_claims(list(c.get("claims", [])), rows, results)
     claim_cols = ["claim", "paper", "verdict", "evidence"]
     write_text(os.path.join(workdir, "claims.md"),
@@ -380,8 +379,7 @@ def run(workdir: str, c) -> dict:
                 "pointing_game": {m: r["pointing_game"] for m, r in results.items()}})
     write_index(workdir, c.title,
                 [("The paper's claims, checked", tables.html(verdicts, claim_cols)),
-                 ("Table (as in the paper), with 95% intervals", tables.html(rows, columns)),
-                 ("The trained models, on held-out images",
-                  tables.html(trained, list(dict.fromkeys(k for r in trained for k in r)))),
+                 ("Table (as in the paper), with 95% intervals", tables.html(rows)),
+                 ("The trained models, on held-out images", tables.html(trained)),
                  ("Note", f"<p>{c.note}</p>")] + figs)
     return results

@@ -98,6 +98,14 @@ def test_run_resumes_and_skips_bad_images(tmp_path):
     assert header == ["method", "a", "b", "mean"]
 
 
+def test_tables_show_every_column_the_rows_hold():
+    """Without explicit columns a table shows every key of its rows, in order of first
+    appearance: a row's extra field (a regressor's MAE beside classifiers) is not dropped."""
+    rows = [{"model": "a", "AUROC": 0.5}, {"model": "b", "mae": 0.25}]
+    assert tables.csv(rows) == "model,AUROC,mae\na,0.500,\nb,,0.250\n"
+    assert tables.markdown(rows).splitlines()[0] == "| model | AUROC | mae |"
+
+
 def test_cut_line_is_redone(tmp_path):
     model = models.get("resnet_tiny", num_classes=2)
     images, masks, labels = _toy(n=4)

@@ -197,17 +197,15 @@ def test_models_of_one_comparison_share_one_built_dataset(tmp_path, monkeypatch)
 def test_the_shipped_cam_results_give_the_readme_verdicts():
     """The measured CAM comparison shipped in experiments/results (all four models):
     the claims re-checked from its rows and agreement matrices give the verdicts README states."""
-    import json
     import os
+
+    from cxr_jax.common.files import read_json
 
     root = os.path.join(os.path.dirname(__file__), "..", "experiments", "results",
                         "cam_boxes_reduced")
-    with open(os.path.join(root, "results.json")) as f:
-        shipped = json.load(f)
-    results = {}
-    for tag in dict.fromkeys(r["model"] for r in shipped["rows"]):
-        with open(os.path.join(root, tag, "eval", "results.json")) as f:
-            results[tag] = json.load(f)
+    shipped = read_json(os.path.join(root, "results.json"))
+    results = {tag: read_json(os.path.join(root, tag, "eval", "results.json"))
+               for tag in dict.fromkeys(r["model"] for r in shipped["rows"])}
     c = paper_cam_boxes.get_config("reduced")
     assert sorted(results) == sorted(c.models)
     verdicts = paper.check_claims(list(c.claims), shipped["rows"], results)

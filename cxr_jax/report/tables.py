@@ -30,11 +30,12 @@ def cell(v, *, missing: str = "n/a") -> str:
 
 
 def _columns(rows: Sequence[Mapping], columns: Sequence[str] | None) -> list[str]:
-    return list(columns) if columns is not None else (list(rows[0]) if rows else [])
+    """The caller's columns, or every key the rows hold, in order of first appearance."""
+    return list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
 
 
 def markdown(rows: Sequence[Mapping], columns: Sequence[str] | None = None) -> str:
-    """A Markdown table of dict rows (`columns` default to the first row's keys)."""
+    """A Markdown table of dict rows (`columns` default to every key of the rows, in order)."""
     cols = _columns(rows, columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |" for r in rows]
