@@ -103,6 +103,15 @@ def _plain(d) -> Any:
     return d.to_dict() if hasattr(d, "to_dict") else d
 
 
+def _findings(c, res: Mapping) -> list[str]:
+    """The config's findings, else the model's in its own order: the bootstrap resamples the
+    findings one after another, so a reused evaluation must pass them as the live run did
+    (results.json sorts "counts"; evaluations written before "findings" fall back to it)."""
+    if c.findings:
+        return list(c.findings)
+    return list(res.get("findings") or res["counts"])
+
+
 def model_rows(tag: str, res: Mapping, per_image: Sequence[dict], c) -> list[dict]:
     """This model's rows of the paper's table: the layout's metrics as class means over the
     config's findings (all of the model's findings when it names none), each followed by its
@@ -114,7 +123,7 @@ def model_rows(tag: str, res: Mapping, per_image: Sequence[dict], c) -> list[dic
       per_image: its per-image rows (`engine.read_rows`), for the intervals.
       c: the comparison config.
     """
-    findings = list(c.findings) if c.findings else list(res["counts"])
+    findings = _findings(c, res)
     paper = _plain(c.get("paper", {})) or {}
     methods = [m for m in res["table"] if not (m == "centre" and c.layout != "pointing_game")]
     cis = aggregate.intervals(per_image, findings, methods)
@@ -359,7 +368,7 @@ def run(workdir: str, c) -> dict:
         results[tag] = res
         model_part = model_rows(tag, res, engine.read_rows(edir), c)
         rows += model_part
-        findings = list(c.findings) if c.findings else list(res["counts"])
+        findings = _findings(c, res)
         head = _headline(workdir, tag, model_part,
                          {f: res["counts"].get(f, 0) for f in findings}, c)
         figs += [head] if head else []

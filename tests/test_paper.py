@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cxr_jax import metrics, paper
+from cxr_jax.common.files import read_json, write_json
 from cxr_jax.evaluation import aggregate
 from experiments.configs import paper_cam_boxes, paper_iba, paper_normgrad
 
@@ -71,6 +72,27 @@ def test_model_rows_carry_intervals_and_paper_figures():
     assert "centre" not in {r["method"] for r in boxes}  # no box for the centre baseline
     m1 = next(r for r in boxes if r["method"] == "m1")
     assert m1["x"] == 0.5 and m1["box iou"] == 0.5 and m1["box iou 95% CI"] == "[0.500, 0.500]"
+
+
+def test_a_reused_evaluation_resamples_the_findings_in_the_live_order(tmp_path):
+    # The bootstrap draws the classes one after another, so their order moves the interval;
+    # results.json sorts "counts", and a reused evaluation must still follow "findings".
+    rows = [{"id": i, "finding": f, "m": {"box_iou": v}}
+            for f, vals in (("y", [0.9, 0.1, 0.2, 0.3, 0.8]), ("x", [0.4, 0.5, 0.0, 1.0, 0.7]))
+            for i, v in enumerate(vals)]
+    table = {"m": {f: {"box_iou": float(np.mean([r["m"]["box_iou"] for r in rows
+                                                  if r["finding"] == f]))} for f in "yx"}}
+    live = {"findings": ["y", "x"], "counts": {"y": 5, "x": 5}, "table": table}
+    write_json(str(tmp_path / "results.json"), live)
+    reused = read_json(str(tmp_path / "results.json"))
+    assert list(reused["counts"]) == ["x", "y"]  # the file lost the order; "findings" keeps it
+    ci = lambda res: paper.model_rows("net", res, rows, _config("box_iou"))[0]["box iou 95% CI"]
+    in_order = aggregate.intervals(rows, ["y", "x"], ["m"])["m"]["box_iou"]
+    swapped = aggregate.intervals(rows, ["x", "y"], ["m"])["m"]["box_iou"]
+    assert in_order != swapped  # the order matters, so the check below can fail
+    assert ci(reused) == ci(live) == f"[{in_order[0]:.3f}, {in_order[1]:.3f}]"
+    older = {k: v for k, v in reused.items() if k != "findings"}  # written before the fix
+    assert ci(older) == f"[{swapped[0]:.3f}, {swapped[1]:.3f}]"
 
 
 def _table(values):

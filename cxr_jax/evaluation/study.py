@@ -109,8 +109,9 @@ def evaluate(workdir: str, model, variables, loc: LocalisationSet, cfg, *,
     Returns:
       {"pointing_game": {method: value, ..., "centre": value}, "pointing_game_pooled",
        "pointing_game_ci" (95% bootstrap intervals),
-      "table", "agreement", "counts", "skipped", "settings", "seconds" (statistics,
-      explanation, metrics, report: this call's wall time, compiles included), and, when
+      "table", "agreement", "counts", "findings" (the model's order), "skipped", "settings",
+      "seconds" (statistics, explanation, metrics, report: this call's wall time, compiles
+      included), and, when
       methods with statistics ran, "iba_noise": {layer: {finding: score}}}.
     """
     start = time.perf_counter()
@@ -138,6 +139,9 @@ def evaluate(workdir: str, model, variables, loc: LocalisationSet, cfg, *,
     results = {key: summary[key] for key in ("pointing_game", "pointing_game_pooled",
                                              "pointing_game_ci", "table", "agreement", "counts",
                                              "skipped")}
+    # The model's order: results.json sorts its keys, so "counts" alone loses it, and the
+    # bootstrap intervals of a reused evaluation must resample the findings as this run did.
+    results["findings"] = list(summary["counts"])
     results["settings"] = {**(settings or {}), "image_size": size,
                            "tolerance_px": spec.tolerance, "pixels_per_step": spec.pixels_per_step,
                            "methods": method_sets.settings(prepared)}

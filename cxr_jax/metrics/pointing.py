@@ -233,7 +233,9 @@ def class_mean_interval(values, *, level: float = 0.95, n_boot: int = 2000, seed
     Each replicate resamples, with replacement, the scored images of every class separately
     (a stratified bootstrap: the class sizes stay fixed) and takes the class mean of the
     per-class means; the interval is the (1 - level) / 2 and (1 + level) / 2 quantiles of
-    `n_boot` replicates.
+    `n_boot` replicates. One generator draws the classes' resamples one class after
+    another, so the interval depends on the order of the classes as well as on `seed`: pass
+    them in one fixed order (the evaluation uses the model's) to reproduce an interval.
 
     Args:
       values: [B, K] array (one column per class, NaN where unscored), a sequence of K 1-D
