@@ -4,7 +4,7 @@
     {"forward_s_per_image": ..., "forward_compile_s": ..., "device": ..., "methods":
      {name: {"s_per_image", "ratio_to_forward", "forward_s_per_image", "compile_s", "repeats",
              "hparams"}}}
-`setup` is [model, image size, batch, classes, keep_freed_memory]; results of another setup are
+`setup` is [model, image size, batch, classes, malloc setting]; results of another setup are
 not mixed in. Each method is made ready by `cxr_jax.attribution.prepare` (statistics, where a
 method needs them, from the timed batch itself), jitted once (compile time = lowering +
 compilation, measured separately), run once to warm up, then timed `repeats` times, each call
@@ -93,7 +93,10 @@ def run(workdir: str, *, model_name: str, image_size: int, batch_size: int, num_
     fwd_times = time_calls(fwd, variables, x, repeats=max(repeats, 5), slow_s=slow_s)
     forward = statistics.median(fwd_times) / batch_size
     old = read_json(path, {})
-    setup = [model_name, image_size, batch_size, num_classes, runtime.allocator_tuned()]
+    # Files from before 2026-12-05, when keep_freed_memory also forced one malloc arena
+    # (slower compiles), recorded True here and are not mixed in.
+    malloc = "heap kept, default arenas" if runtime.allocator_tuned() else "default"
+    setup = [model_name, image_size, batch_size, num_classes, malloc]
     result = {
         "setup": setup,
         "keep_freed_memory": runtime.allocator_tuned(),
