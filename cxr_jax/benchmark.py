@@ -100,7 +100,7 @@ def run(workdir: str, *, model_name: str, image_size: int, batch_size: int, num_
     result = {
         "setup": setup,
         "keep_freed_memory": runtime.allocator_tuned(),
-        "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "device": runtime.device_summary(),
         "forward_s_per_image": forward,
         "forward_min_s_per_image": min(fwd_times) / batch_size,
         "forward_compile_s": fwd_compile,

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from cxr_jax import models
+from cxr_jax import models, runtime
 from cxr_jax.benchmark import compile_timed, time_calls
 from cxr_jax.common.files import write_json
 from cxr_jax.data import phantoms
@@ -92,8 +92,7 @@ def dissect_case(workdir: str, *, model_name: str = "densenet121", image_size: i
     forward = statistics.median(time_calls(fwd, variables, x, repeats=3, slow_s=60.0))
     forward /= batch_size
     out = {"model": model_name, "layer": layer, "image_size": image_size,
-           "batch_size": batch_size, "device": f"{jax.device_count()} x "
-           f"{jax.devices()[0].device_kind}", "forward_s_per_image": forward,
+           "batch_size": batch_size, "device": runtime.device_summary(), "forward_s_per_image": forward,
            "forward_peak_rss_gb": _peak_rss_gb(), "sizes": {}}
     for n in sorted(sizes):
         data = _Rendered(workdir, n, image_size)

@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from cxr_jax import attribution, convert, explain, models
+from cxr_jax import attribution, convert, explain, models, runtime
 from cxr_jax.benchmark import compile_timed, time_calls, time_method
 from cxr_jax.common.files import read_json, write_json
 from cxr_jax.data import phantoms, records
@@ -91,7 +91,7 @@ def explain_folder(workdir: str, *, model_name: str = "densenet121", n_images: i
     command_results = read_json(os.path.join(out, "results.json"))
     result = {
         "setup": [model_name, image_size, batch_size, n_images, list(methods)],
-        "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "device": runtime.device_summary(),
         "forward_s_per_image": forward, "forward_compile_s": fwd_compile,
         "decode_s": decode_s, "methods": timed, "expected_s": expected, "wall_s": wall,
         "ratio": wall / expected, "command_timings": command_results["timings"],

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import optax
 
-from cxr_jax import attribution, models
+from cxr_jax import attribution, models, runtime
 from cxr_jax.common import sharding
 from cxr_jax.common.files import write_json, write_text
 from cxr_jax.training.steps import create_state, make_train_step
@@ -98,7 +98,7 @@ def scaling_case(workdir: str, *, model_name: str, image_size: int, per_device_b
         print(f"{d} device(s), batch {b}: " + ", ".join(
             f"{k} {row[k]:.1f} img/s" for k in ["train", *methods]), flush=True)
     result = {"setup": [model_name, image_size, per_device_batch, num_classes, bool(fast)],
-              "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+              "device": runtime.device_summary(),
               "simulated_cpu_devices": jax.default_backend() == "cpu" and jax.device_count() > 1,
               "methods": list(methods), "rows": rows}
     write_json(os.path.join(workdir, "scaling.json"), result)

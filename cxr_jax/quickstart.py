@@ -11,10 +11,10 @@ Steps, each resumable from the workdir:
      batch by batch);
   4. write `results.json` ({"auroc": {finding: value}, "pointing_game": {method: value, ...,
      "centre": value}, "pointing_game_ci", "iba_noise": {layer: {finding: score}},
-     "seconds": {phase: wall seconds}, "train_seconds", "resumed_from_step"}) and `index.html`:
-     overlays, the pointing game as a heatmap and with intervals, training curves, the
-     phantoms beside real radiographs (when given) with their realism statistics, then the
-     tables, folded.
+     "seconds": {phase: wall seconds}, "train_seconds", "resumed_from_step", "device"}) and
+     `index.html`: overlays, the pointing game as a heatmap and with intervals, training
+     curves, the phantoms beside real radiographs (when given) with their realism
+     statistics, then the tables, folded.
 """
 
 from __future__ import annotations

@@ -92,6 +92,12 @@ def setup(*, compilation_cache: str | None = DEFAULT_CACHE, multihost: bool = Fa
                  jax.process_count())
 
 
+def device_summary() -> str:
+    """The devices this process computes on, e.g. "8 x cpu" or "1 x NVIDIA H200", for results
+    files: times mean little without the machine they were measured on."""
+    return f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+
+
 def is_writer() -> bool:
     """True on the process that writes results (process 0)."""
     return jax.process_index() == 0

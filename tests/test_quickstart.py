@@ -4,6 +4,7 @@ the phantoms it rendered once, and gives what explaining the saved checkpoint gi
 import json
 import os
 
+import jax
 import pytest
 
 from cxr_jax import evaluation, quickstart
@@ -24,6 +25,7 @@ def test_quickstart_in_memory_equals_explaining_the_checkpoint(tmp_path):
         saved = json.load(f)
     assert set(saved["pointing_game"]) == {"gradient", "iba", "centre"}
     assert saved["resumed_from_step"] == 0
+    assert saved["device"] == f"{jax.device_count()} x cpu"  # times come with their machine
     assert set(saved["auroc"]) == set(saved["iba_noise"]["layer3"])
     with open(os.path.join(work, "index.html")) as f:
         page = f.read()

@@ -147,7 +147,8 @@ def fit(config, workdir: str, train_source, eval_arrays: Mapping[str, np.ndarray
       label_names: names of the K outputs.
     Returns:
       `Trained(model, variables, results)`; results: {"auroc" | "accuracy" | "mae": ...,
-      "history": [...], "train_seconds", "resumed_from_step", "steps", "model", "checkpoint"}.
+      "history": [...], "train_seconds", "resumed_from_step", "steps", "model", "device" (the
+      devices of this last session, e.g. "1 x cpu"), "checkpoint"}.
     """
     os.makedirs(workdir, exist_ok=True)
     if runtime.is_writer():
@@ -200,6 +201,7 @@ def fit(config, workdir: str, train_source, eval_arrays: Mapping[str, np.ndarray
     results = {k: v for k, v in final.items() if k not in ("step", "train_loss")}
     results.update(history=history, train_seconds=elapsed0 + time.perf_counter() - t0,
                    resumed_from_step=resumed_from, steps=config.steps, model=config.model,
+                   device=runtime.device_summary(),
                    checkpoint=os.path.join(os.path.abspath(workdir), "checkpoints"))
     if runtime.is_writer():
         write_json(os.path.join(workdir, "results.json"), results)
