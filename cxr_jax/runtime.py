@@ -37,7 +37,7 @@ def keep_freed_memory() -> bool:
 
     The number of malloc arenas is left alone. Limiting it to one (as this did before) ran
     the forward and the gradient about 5% faster, but every thread then shares one lock, and
-    XLA compiles on several threads: first calls took 25-45% longer (Multi-layer IBA on
+    XLA compiles on several threads: first calls took 10-45% longer (Multi-layer IBA on
     DenseNet-121, 224 px, batch 8: 24 s against 17 s on a 2-core CPU).
 
     Process-wide, so the library never does this on import; the experiment scripts do it in
