@@ -92,8 +92,8 @@ def dissect_case(workdir: str, *, model_name: str = "densenet121", image_size: i
     forward = statistics.median(time_calls(fwd, variables, x, repeats=3, slow_s=60.0))
     forward /= batch_size
     out = {"model": model_name, "layer": layer, "image_size": image_size,
-           "batch_size": batch_size, "device": runtime.device_summary(), "forward_s_per_image": forward,
-           "forward_peak_rss_gb": _peak_rss_gb(), "sizes": {}}
+           "batch_size": batch_size, "device": runtime.device_summary(),
+           "forward_s_per_image": forward, "forward_peak_rss_gb": _peak_rss_gb(), "sizes": {}}
     for n in sorted(sizes):
         data = _Rendered(workdir, n, image_size)
         batches = lambda: data.batches(batch_size)

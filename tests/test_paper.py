@@ -221,8 +221,6 @@ def test_the_shipped_cam_results_give_the_readme_verdicts():
     the claims re-checked from its rows and agreement matrices give the verdicts README states."""
     import os
 
-    from cxr_jax.common.files import read_json
-
     root = os.path.join(os.path.dirname(__file__), "..", "experiments", "results",
                         "cam_boxes_reduced")
     shipped = read_json(os.path.join(root, "results.json"))

@@ -111,8 +111,8 @@ def evaluate(workdir: str, model, variables, loc: LocalisationSet, cfg, *,
        "pointing_game_ci" (95% bootstrap intervals),
       "table", "agreement", "counts", "findings" (the model's order), "skipped", "settings",
       "seconds" (statistics, explanation, metrics, report: this call's wall time, compiles
-      included), and, when
-      methods with statistics ran, "iba_noise": {layer: {finding: score}}}.
+      included), and, when methods with statistics ran, "iba_noise": {layer: {finding:
+      score}}}.
     """
     start = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
