@@ -81,6 +81,9 @@ def compile_timed(fn, *args):
 def run(workdir: str, *, model_name: str, image_size: int, batch_size: int, num_classes: int,
         methods: Sequence[str] | None, repeats: int, slow_s: float, overwrite: bool) -> dict:
     """Times the forward pass and `methods` (None: all); writes and returns the benchmark dict."""
+    names = list(methods or attribution.names())
+    for name in names:  # a misspelt name fails now, not after minutes of timing
+        attribution.info(name)
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "benchmark.json")
     model = models.get(model_name, num_classes=num_classes)
@@ -109,7 +112,7 @@ def run(workdir: str, *, model_name: str, image_size: int, batch_size: int, num_
     logging.info("forward: %.1f ms per image (compile %.1f s)", forward * 1e3, fwd_compile)
     write_json(path, result)
     cache = attribution.Cache()
-    for name in methods or attribution.names():
+    for name in names:
         if name in result["methods"] and not overwrite:
             logging.info("%s: already timed, skipping (--overwrite to redo)", name)
             continue

@@ -54,3 +54,12 @@ def test_scaling_case_runs_sharded_and_tables_the_speed_up(tmp_path):
     fake = {**r, "rows": [{"devices": 1, "batch": 2, "train": 10.0, "gradcam": 4.0},
                           {"devices": 2, "batch": 4, "train": 20.0, "gradcam": 6.0}]}
     assert "| 2 | 4 | 20.0 img/s (2.00x) | 6.0 img/s (1.50x) |" in bs.scaling_table(fake)
+
+
+def test_benchmark_names_an_unknown_method_before_timing_anything(tmp_path):
+    from cxr_jax import benchmark
+    with pytest.raises(ValueError, match="'grad_cam'.*gradcam"):
+        benchmark.run(str(tmp_path), model_name="densenet121", image_size=224, batch_size=8,
+                      num_classes=14, methods=["gradient", "grad_cam"], repeats=1, slow_s=1.0,
+                      overwrite=False)
+    assert not (tmp_path / "benchmark.json").exists()
