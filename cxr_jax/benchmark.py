@@ -96,9 +96,9 @@ def run(workdir: str, *, model_name: str, image_size: int, batch_size: int, num_
     fwd_times = time_calls(fwd, variables, x, repeats=max(repeats, 5), slow_s=slow_s)
     forward = statistics.median(fwd_times) / batch_size
     old = read_json(path, {})
-    # Files from before 2026-12-05, when keep_freed_memory also forced one malloc arena
-    # (slower compiles), recorded True here and are not mixed in.
-    malloc = "heap kept, default arenas" if runtime.allocator_tuned() else "default"
+    # The malloc setting is part of the key: one arena runs calls ~10% faster and compiles
+    # slower (see runtime.keep_freed_memory), so timings under another are not mixed in.
+    malloc = runtime.allocator_summary()
     setup = [model_name, image_size, batch_size, num_classes, malloc]
     result = {
         "setup": setup,

@@ -17,6 +17,7 @@ DEFAULT_CACHE = os.path.expanduser("~/.cache/cxr_jax/jax")
 
 
 _allocator_tuned = False
+_one_arena = False
 
 
 def allocator_tuned() -> bool:
@@ -24,26 +25,38 @@ def allocator_tuned() -> bool:
     return _allocator_tuned
 
 
-def keep_freed_memory() -> bool:
+def allocator_summary() -> str:
+    """How `setup()` left malloc, for results files: "heap kept, one arena", "heap kept,
+    default arenas" or "default"."""
+    if not _allocator_tuned:
+        return "default"
+    return "heap kept, one arena" if _one_arena else "heap kept, default arenas"
+
+
+def keep_freed_memory(one_arena: bool = True) -> bool:
     """Makes glibc's malloc reuse freed memory rather than unmapping it; returns True if applied.
 
-    XLA:CPU allocates a compiled program's scratch memory on every call. glibc serves blocks
-    above 32 MiB with fresh `mmap`s and unmaps them on free, so every call pays a page fault
-    (and the kernel's zeroing) per 4 KiB page it touches: for an input gradient of DenseNet-121
-    (590 MB of scratch at batch 8) that was about a fifth of the call. Never mapping large
-    blocks separately and never trimming the heap removes the faults after the first call
-    (measured: gradient 72 -> 55 ms/image on a 2-core CPU). The cost: the process keeps its
-    peak memory until exit.
+    XLA:CPU allocates a compiled program's scratch memory on every call, in one block: 590 MB
+    for an input gradient of DenseNet-121 at 224 px and batch 8, 65 MB for its forward. By
+    default glibc serves such blocks with fresh `mmap`s and unmaps them on free, so every call
+    pays a page fault (and the kernel's zeroing) per 4 KiB page it touches. Here glibc never
+    maps large blocks separately (M_MMAP_MAX 0) and never trims the heap (M_TRIM_THRESHOLD
+    2 GiB), and with `one_arena` all threads share one malloc arena (M_ARENA_MAX 1).
 
-    The number of malloc arenas is left alone. Limiting it to one (as this did before) ran
-    the forward and the gradient about 5% faster, but every thread then shares one lock, and
-    XLA compiles on several threads: first calls took 10-45% longer (Multi-layer IBA on
-    DenseNet-121, 224 px, batch 8: 24 s against 17 s on a 2-core CPU).
+    The last is what makes the first two reach XLA: its calls allocate on worker threads, and
+    glibc gives each thread's own arena heaps of at most 64 MiB, so a larger block there is
+    mapped afresh whatever M_MMAP_MAX says. Measured on a 2-core CPU (DenseNet-121, batch 8):
+    with the heap settings alone a gradient call still took 153,000 page faults, as many as
+    with no setting; with one arena, none on most calls, and the call ran about 10% faster.
+    The price of one arena: XLA compiles on several threads, which then share its lock, so
+    first calls take 10-45% longer (Multi-layer IBA: 16.4 s against 13.6-14.2 s).
+    The persistent compilation cache pays that once; `one_arena=False` keeps the heap
+    settings only. Either way the process keeps its peak memory until exit.
 
     Process-wide, so the library never does this on import; the experiment scripts do it in
-    `setup()` (flag --keep_freed_memory) and your own scripts may call it first thing, before
-    JAX runs anything. The same via the environment: MALLOC_MMAP_MAX_=0
-    MALLOC_TRIM_THRESHOLD_=2147483647.
+    `setup()` (flags --keep_freed_memory, --one_malloc_arena) and your own scripts may call it
+    first thing, before JAX starts any thread. The same via the environment:
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_ARENA_MAX=1.
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -52,12 +65,14 @@ def keep_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # not glibc (e.g. musl)
         return False
-    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
-    return bool(mallopt(m_mmap_max, 0) and mallopt(m_trim_threshold, 2**31 - 1))
+    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # glibc's malloc.h
+    applied = bool(mallopt(m_mmap_max, 0) and mallopt(m_trim_threshold, 2**31 - 1))
+    return applied and (not one_arena or bool(mallopt(m_arena_max, 1)))
 
 
 def setup(*, compilation_cache: str | None = DEFAULT_CACHE, multihost: bool = False,
-          keep_freed: bool = True, coordinator_address: str | None = None,
+          keep_freed: bool = True, one_arena: bool = True,
+          coordinator_address: str | None = None,
           num_processes: int | None = None, process_id: int | None = None) -> None:
     """Prepares this process for an experiment.
 
@@ -68,14 +83,17 @@ def setup(*, compilation_cache: str | None = DEFAULT_CACHE, multihost: bool = Fa
         CPU processes); each process then reads its own shard of the data and process 0 writes
         results. On CPU the processes' collectives go through gloo.
       keep_freed: apply `keep_freed_memory()` (glibc keeps freed memory for reuse).
+      one_arena: with keep_freed, one malloc arena for all threads (faster calls, slower
+        compiles; see `keep_freed_memory`).
       coordinator_address, num_processes, process_id: passed to `jax.distributed.initialize`
         where the cluster does not tell JAX itself (TPU VMs and SLURM do; a set of processes
         on one machine or hosts you started by hand do not): "host:port" of process 0, the
         number of processes, and this process's index.
     """
-    global _allocator_tuned
+    global _allocator_tuned, _one_arena
     if keep_freed:
-        _allocator_tuned = keep_freed_memory()
+        _allocator_tuned = keep_freed_memory(one_arena)
+        _one_arena = _allocator_tuned and one_arena
     if multihost:
         # Cross-process collectives of the CPU backend (no effect on GPU/TPU devices).
         if jax.config.jax_cpu_collectives_implementation is None:

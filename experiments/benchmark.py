@@ -16,9 +16,10 @@ in forward passes and writes DIR/metrics.json (see `cxr_jax.benchmark_metrics`);
 device, and writes DIR/scaling.json and DIR/scaling.md (see `cxr_jax.benchmark_scaling`). On a
 CPU, simulate devices with XLA_FLAGS=--xla_force_host_platform_device_count=8: they share the
 cores, so that table is a check of the sharded path, not a speed-up.
-`--keep_freed_memory` (on by default, see
-`cxr_jax.runtime.keep_freed_memory`) makes malloc reuse XLA's per-call scratch memory;
-`--nokeep_freed_memory` times the default. The persistent compilation cache is off unless
+`--keep_freed_memory` and `--one_malloc_arena` (both on by default, see
+`cxr_jax.runtime.keep_freed_memory`) make malloc reuse XLA's per-call scratch memory;
+`--noone_malloc_arena` times faster compiles and slower calls, `--nokeep_freed_memory` glibc's
+default. The file's setup key names the setting, so timings under another are not mixed in. The persistent compilation cache is off unless
 --compilation_cache is given, because compile time is one of the things measured.
 """
 

@@ -1,8 +1,9 @@
 """Flags every experiment script shares, and the process set-up they drive.
 
 Importing this module defines --compilation_cache, --multihost (with
---coordinator_address, --num_processes, --process_id) and --keep_freed_memory; the
-library itself defines no flags (it takes these values as arguments: `cxr_jax.runtime.setup`).
+--coordinator_address, --num_processes, --process_id), --keep_freed_memory and
+--one_malloc_arena; the library itself defines no flags (it takes these values as
+arguments: `cxr_jax.runtime.setup`).
 """
 
 from absl import flags, logging
@@ -31,6 +32,11 @@ KEEP_FREED_MEMORY = flags.DEFINE_bool(
     "(see cxr_jax.runtime.keep_freed_memory): XLA:CPU allocates each call's scratch buffers "
     "afresh, and on Linux large fresh buffers cost a page fault per 4 KiB. No effect off "
     "Linux/glibc.")
+ONE_MALLOC_ARENA = flags.DEFINE_bool(
+    "one_malloc_arena", True,
+    "With --keep_freed_memory: one malloc arena for all threads, without which blocks above "
+    "64 MiB allocated on XLA's worker threads are still mapped afresh on every call. Calls "
+    "run about 10% faster, first calls (compiles) 10-45% slower.")
 
 
 def setup() -> None:
@@ -39,5 +45,6 @@ def setup() -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     runtime.setup(compilation_cache=COMPILATION_CACHE.value, multihost=MULTIHOST.value,
-                  keep_freed=KEEP_FREED_MEMORY.value, coordinator_address=COORDINATOR.value,
+                  keep_freed=KEEP_FREED_MEMORY.value, one_arena=ONE_MALLOC_ARENA.value,
+                  coordinator_address=COORDINATOR.value,
                   num_processes=NUM_PROCESSES.value, process_id=PROCESS_ID.value)

@@ -23,19 +23,21 @@ print(applied, before_free - rss_mb())
 """
 
 
+def _released(probe: str, mode: str) -> tuple[bool, float]:
+    """Runs `probe` in a fresh process: (settings applied, MiB returned to the OS on free)."""
+    out = subprocess.run([sys.executable, "-c", probe, mode], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return out[0] == "True", float(out[1])
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning")
 def test_keep_freed_memory_keeps_large_blocks_for_reuse():
     """By default glibc unmaps a freed 200 MiB block (its pages must fault in again on the next
     call); after keep_freed_memory() the block stays in the heap for reuse."""
-    def released(mode):
-        out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True,
-                             text=True, check=True).stdout.split()
-        return out[0] == "True", float(out[1])
-
-    applied, kept_release = released("keep")
+    applied, kept_release = _released(_PROBE, "keep")
     if not applied:
         pytest.skip("not glibc")
-    _, default_release = released("default")
+    _, default_release = _released(_PROBE, "default")
     assert default_release > 150          # unmapped at once
     assert kept_release < 50              # kept
 
@@ -63,3 +65,40 @@ def test_benchmark_names_an_unknown_method_before_timing_anything(tmp_path):
                       num_classes=14, methods=["gradient", "grad_cam"], repeats=1, slow_s=1.0,
                       overwrite=False)
     assert not (tmp_path / "benchmark.json").exists()
+
+
+_THREAD_PROBE = r"""
+import sys, threading
+import numpy as np
+from cxr_jax import runtime
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+applied = runtime.keep_freed_memory(one_arena=sys.argv[1] == "one")
+out = []
+
+def work():  # a worker thread, as XLA allocates a call's scratch on one
+    a = np.ones(200 * 2**20 // 8)       # 200 MiB: above a thread arena's 64 MiB heaps
+    before_free = rss_mb()
+    del a
+    out.append(before_free - rss_mb())
+
+t = threading.Thread(target=work)
+t.start()
+t.join()
+print(applied, out[0])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning")
+def test_only_one_arena_keeps_a_worker_threads_large_blocks():
+    """glibc maps a block above 64 MiB afresh in a thread's own arena whatever M_MMAP_MAX
+    says; with one arena the worker allocates from the main heap, which keeps it."""
+    applied, one_release = _released(_THREAD_PROBE, "one")
+    if not applied:
+        pytest.skip("not glibc")
+    _, heap_only_release = _released(_THREAD_PROBE, "heap")
+    assert heap_only_release > 150       # unmapped at once despite the heap settings
+    assert one_release < 50              # kept
