@@ -16,21 +16,18 @@ from absl import logging
 DEFAULT_CACHE = os.path.expanduser("~/.cache/cxr_jax/jax")
 
 
-_allocator_tuned = False
-_one_arena = False
+_allocator = "default"
 
 
 def allocator_tuned() -> bool:
     """Whether `setup()` applied `keep_freed_memory` in this process."""
-    return _allocator_tuned
+    return _allocator != "default"
 
 
 def allocator_summary() -> str:
     """How `setup()` left malloc, for results files: "heap kept, one arena", "heap kept,
     default arenas" or "default"."""
-    if not _allocator_tuned:
-        return "default"
-    return "heap kept, one arena" if _one_arena else "heap kept, default arenas"
+    return _allocator
 
 
 def keep_freed_memory(one_arena: bool = True) -> bool:
@@ -90,10 +87,9 @@ def setup(*, compilation_cache: str | None = DEFAULT_CACHE, multihost: bool = Fa
         on one machine or hosts you started by hand do not): "host:port" of process 0, the
         number of processes, and this process's index.
     """
-    global _allocator_tuned, _one_arena
-    if keep_freed:
-        _allocator_tuned = keep_freed_memory(one_arena)
-        _one_arena = _allocator_tuned and one_arena
+    global _allocator
+    if keep_freed and keep_freed_memory(one_arena):
+        _allocator = "heap kept, one arena" if one_arena else "heap kept, default arenas"
     if multihost:
         # Cross-process collectives of the CPU backend (no effect on GPU/TPU devices).
         if jax.config.jax_cpu_collectives_implementation is None:

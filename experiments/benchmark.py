@@ -19,8 +19,9 @@ cores, so that table is a check of the sharded path, not a speed-up.
 `--keep_freed_memory` and `--one_malloc_arena` (both on by default, see
 `cxr_jax.runtime.keep_freed_memory`) make malloc reuse XLA's per-call scratch memory;
 `--noone_malloc_arena` times faster compiles and slower calls, `--nokeep_freed_memory` glibc's
-default. The file's setup key names the setting, so timings under another are not mixed in. The persistent compilation cache is off unless
---compilation_cache is given, because compile time is one of the things measured.
+default. The file's setup key names the setting, so timings under another are not mixed in.
+The persistent compilation cache is off unless --compilation_cache is given, because compile
+time is one of the things measured.
 """
 
 import jax

@@ -6,15 +6,17 @@ import sys
 import pytest
 
 
-_PROBE = r"""
-import sys
+_RSS = r"""
+import sys, threading
 import numpy as np
 from cxr_jax import runtime
 
 def rss_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2**20
+"""
 
+_PROBE = _RSS + r"""
 applied = runtime.keep_freed_memory() if sys.argv[1] == "keep" else False
 a = np.ones(200 * 2**20 // 8)          # 200 MiB: above glibc's largest mmap threshold
 before_free = rss_mb()
@@ -67,15 +69,7 @@ def test_benchmark_names_an_unknown_method_before_timing_anything(tmp_path):
     assert not (tmp_path / "benchmark.json").exists()
 
 
-_THREAD_PROBE = r"""
-import sys, threading
-import numpy as np
-from cxr_jax import runtime
-
-def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
-
+_THREAD_PROBE = _RSS + r"""
 applied = runtime.keep_freed_memory(one_arena=sys.argv[1] == "one")
 out = []
 
