@@ -1,5 +1,6 @@
 """The stage-pipeline models: sizes, stages, taps, edits, start, guided ReLU, compilation."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 
 from cxr_jax import models
 from cxr_jax.models import guided_relu, stage_shapes
+from cxr_jax.models.layers import BatchNorm, relu
 
 TORCHVISION_PARAMS = {
     "densenet121": 7_978_856,
@@ -234,6 +236,45 @@ def test_guided_relu_backward_rule():
     _, vjp = jax.vjp(guided_relu, x)
     np.testing.assert_array_equal(vjp(g)[0], jnp.array([0.0, 0.0, 2.0, 0.0, 0.5]))
     np.testing.assert_array_equal(guided_relu(x), jax.nn.relu(x))
+
+
+def test_relu_is_jax_relu_bit_for_bit_with_zero_slope_at_zero():
+    x = jnp.array([-2.0, -0.0, 0.0, 1e-30, 3.0, -jnp.inf, jnp.inf])
+    np.testing.assert_array_equal(relu(x), jax.nn.relu(x))
+    g = jnp.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+    np.testing.assert_array_equal(jax.vjp(relu, x)[1](g)[0], jax.vjp(jax.nn.relu, x)[1](g)[0])
+    np.testing.assert_array_equal(jax.grad(lambda v: relu(v).sum())(x)[:3], [0.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_batchnorm_equals_flax_bit_for_bit_in_both_modes(dtype):
+    """Our BatchNorm writes the eval-mode arithmetic itself (cheaper to trace): same variables,
+    same bits as Flax's, values and gradients; training mode and bf16 are Flax's own code."""
+    ours = BatchNorm(dtype=dtype)
+    flax_bn = nn.BatchNorm(momentum=0.9, epsilon=1e-5, dtype=dtype)
+    x = jax.random.normal(jax.random.key(0), (3, 5, 4, 6)) * 7.0 + 2.0
+    v = ours.init(jax.random.key(1), x, use_running_average=True)
+    assert jax.tree.map(jnp.shape, v) == jax.tree.map(
+        jnp.shape, flax_bn.init(jax.random.key(1), x, use_running_average=True))
+    k = jax.random.split(jax.random.key(2), 4)
+    v = {"params": {"scale": jax.random.normal(k[0], (6,)), "bias": jax.random.normal(k[1], (6,))},
+         "batch_stats": {"mean": jax.random.normal(k[2], (6,)),
+                         "var": jax.random.uniform(k[3], (6,), minval=0.1, maxval=3.0)}}
+    for train in (False, True):
+        def run(m):
+            def f(v, x):
+                out = m.apply(v, x, use_running_average=not train,
+                              mutable=["batch_stats"] if train else False)
+                return out if train else (out, None)
+            y, stats = jax.jit(f)(v, x)
+            grads = jax.grad(lambda v, x: jnp.sum(jnp.sin(f(v, x)[0].astype(jnp.float32))),
+                             argnums=(0, 1))(v, x)
+            return y, stats, grads
+        for a, b in zip(jax.tree.leaves(run(ours)), jax.tree.leaves(run(flax_bn)), strict=True):
+            np.testing.assert_array_equal(a, b)
+    bad = {**v, "params": {**v["params"], "scale": jnp.ones((5,))}}
+    with pytest.raises(Exception, match="scale"):  # ours: ValueError; Flax's (bf16): its own
+        ours.apply(bad, x, use_running_average=True)
 
 
 def test_guided_model_same_forward_guided_gradient():

@@ -32,9 +32,24 @@ def _guided_bwd(x, g):
 guided_relu.defvjp(_guided_fwd, _guided_bwd)
 
 
+@jax.custom_jvp
+def relu(x: jax.Array) -> jax.Array:
+    """max(x, 0): `jax.nn.relu`'s values and derivative (0 at 0), bit for bit.
+
+    `jax.nn.relu` wraps the same maximum in a `jax.jit`, which tracing a DenseNet-121 meets
+    about 120 times per pass (twice that under differentiation): each a nested function to
+    trace and lower. Without the wrapper a method's first call (trace, lower, compile) takes
+    seconds less; see `BatchNorm`, which does the same for normalisation.
+    """
+    return lax.max(x, lax.full_like(x, 0))
+
+
+relu.defjvps(lambda g, ans, x: lax.select(x > 0, g, lax.full_like(g, 0)))
+
+
 def relu_fn(guided: bool) -> Callable[[jax.Array], jax.Array]:
     """The ReLU a model uses: plain or guided."""
-    return guided_relu if guided else nn.relu
+    return guided_relu if guided else relu
 
 
 def _conv_plain(lhs, rhs, strides, padding, dn):
@@ -112,8 +127,52 @@ def _pointwise(lhs, rhs, dn):
     return jnp.moveaxis(out, -1, dn.out_spec[1])
 
 
-# torchvision's BatchNorm2d: eps 1e-5, momentum 0.1 (= Flax momentum 0.9).
-BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+class BatchNorm(nn.BatchNorm):
+    """torchvision's BatchNorm2d (eps 1e-5, momentum 0.1 = Flax's 0.9) as Flax's BatchNorm.
+
+    Training mode is Flax's. In eval mode (running statistics), on float32 inputs and
+    parameters with the features last, the normalisation `(x - mean) * (rsqrt(var + eps) *
+    scale) + bias` is written here in `lax` operations: the same operations in the same order
+    as Flax's, so the same bits, without the dozen nested `jnp` functions Flax's version
+    traces per layer, and with the parameters' shape check done without tracing their
+    initialisers. With `relu`, this took a DenseNet-121 Multi-layer IBA's first call
+    (224 px, batch 8, 2-core CPU) from 16-18 s to 13.5-15 s. Other cases (bf16, a mask,
+    no scale or bias) fall back to Flax's code.
+    """
+
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+        eval_mode = nn.merge_param("use_running_average", self.use_running_average,
+                                   use_running_average)
+        f32 = jnp.dtype(jnp.float32)
+        if not (eval_mode and mask is None and self.axis in (-1, x.ndim - 1)
+                and self.use_scale and self.use_bias and self.force_float32_reductions
+                and x.dtype == f32 and jnp.dtype(self.param_dtype) == f32
+                and (self.dtype is None or jnp.dtype(self.dtype) == f32)):
+            return super().__call__(x, use_running_average, mask=mask)
+        shape = (x.shape[-1],)
+        mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, f32), shape).value
+        var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, f32), shape).value
+        scale = self._param("scale", self.scale_init, shape)
+        bias = self._param("bias", self.bias_init, shape)
+        mul = lax.mul(lax.rsqrt(lax.add(var, f32.type(self.epsilon))), scale)
+        spread = lambda v: lax.broadcast_in_dim(v, x.shape, (x.ndim - 1,))
+        return lax.add(lax.mul(lax.sub(x, spread(mean)), spread(mul)), spread(bias))
+
+    def _param(self, name: str, init: Callable, shape: tuple[int, ...]) -> jax.Array:
+        """`self.param`, with its shape check done directly: Flax traces the initialiser
+        (`jax.eval_shape`) at every apply to learn the shape it would have made."""
+        if not self.has_variable("params", name):
+            return self.param(name, init, shape, self.param_dtype)
+        value = self.get_variable("params", name)
+        if jnp.shape(value) != shape:
+            raise ValueError(f"BatchNorm {'/'.join(self.scope.path)}: parameter {name!r} has "
+                             f"shape {jnp.shape(value)}, but the input has {shape[0]} channels; "
+                             f"the variables do not belong to this model.")
+        return value
 
 
 def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, *, name: str,
