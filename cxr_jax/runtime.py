@@ -46,7 +46,8 @@ def keep_freed_memory(one_arena: bool = True) -> bool:
     with the heap settings alone a gradient call still took 153,000 page faults, as many as
     with no setting; with one arena, none on most calls, and the call ran about 10% faster.
     The price of one arena: XLA compiles on several threads, which then share its lock, so
-    first calls take 10-45% longer (Multi-layer IBA: 16.4 s against 13.6-14.2 s).
+    first calls take 10-45% longer (side by side on 2026-12-05, Multi-layer IBA: 16.4 s against
+    13.6-14.2 s).
     The persistent compilation cache pays that once; `one_arena=False` keeps the heap
     settings only. Either way the process keeps its peak memory until exit.
 

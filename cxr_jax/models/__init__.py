@@ -2,7 +2,7 @@
 
   base      Model (stages, apply with taps/edits/start), Stage, Layers (what a model declares),
             layer resolution and the one "valid stage names" message
-  layers    building blocks: guided ReLU, loop-safe convolutions, pools, BatchNorm
+  layers    building blocks: ReLU and guided ReLU, loop-safe convolutions, pools, BatchNorm
   densenet  DenseNet-121/169 and densenet_tiny
   resnet    ResNet-18/34/50/152, resnet_tiny(_bottleneck), resnet_small
   registry  models by name: get(name, num_classes=...), names()

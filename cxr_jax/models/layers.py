@@ -38,8 +38,8 @@ def relu(x: jax.Array) -> jax.Array:
 
     `jax.nn.relu` wraps the same maximum in a `jax.jit`, which tracing a DenseNet-121 meets
     about 120 times per pass (twice that under differentiation): each a nested function to
-    trace and lower. Without the wrapper a method's first call (trace, lower, compile) takes
-    seconds less; see `BatchNorm`, which does the same for normalisation.
+    trace and lower. Without the wrapper, and with `BatchNorm` below, a method's first call
+    (trace, lower, compile) takes 0.5-2 s less (BUILD.md, "Benchmark").
     """
     return lax.max(x, lax.full_like(x, 0))
 
@@ -136,7 +136,7 @@ class BatchNorm(nn.BatchNorm):
     as Flax's, so the same bits, without the dozen nested `jnp` functions Flax's version
     traces per layer, and with the parameters' shape check done without tracing their
     initialisers. With `relu`, this took a DenseNet-121 Multi-layer IBA's first call
-    (224 px, batch 8, 2-core CPU) from 16-18 s to 13.5-15 s. Other cases (bf16, a mask,
+    (224 px, batch 8, 2-core CPU) from 15-18 s to 13-15 s. Other cases (bf16, a mask,
     no scale or bias) fall back to Flax's code.
     """
 
