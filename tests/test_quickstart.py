@@ -39,6 +39,8 @@ def test_quickstart_in_memory_equals_explaining_the_checkpoint(tmp_path):
     assert "{" not in page.split("Explanations", 1)[1].split("</p>", 1)[0]   # counts as text
     assert set(saved["seconds"]) >= {"phantoms", "training", "statistics", "explanation",
                                      "metrics", "report", "total"}
+    phases = page.split("Phase times", 1)[1]
+    assert "<td>training</td>" in phases and "(no rows)" not in phases
     parts = sum(v for k, v in saved["seconds"].items() if k != "total")
     assert 0 < parts <= saved["seconds"]["total"] * 1.01
     again = evaluation.evaluate_checkpoint(str(tmp_path / "e"), work, e, progress=False)
