@@ -70,6 +70,30 @@ def test_integrated_gradients_linear_exact(rule):
         np.testing.assert_allclose(ig[b], expected, rtol=1e-5, atol=1e-5)
 
 
+def test_ig_from_black_points_at_a_brightening_in_a_dark_region_where_mid_grey_does_not():
+    """Why the studies' configs give IG the black baseline: a finding that raises the score as
+    a dark lung region brightens (weight 1 there) beside a bright, weakly weighted mediastinum
+    (0.2). From b = 0 (mid-grey in [-1024, 1024]) the region's x - b is negative, its map value
+    -600, and the peak lands outside it; from b = -1024 every x - b >= 0 and it lands inside."""
+    m = Pipeline("linear1", [
+        ("features", lambda v, h, r: h),
+        ("flat", lambda v, h, r: h.reshape(h.shape[0], -1)),
+        ("head", lambda v, h, r: h @ v["w"].reshape(-1, 1)),
+    ], 1, 1)
+    region = np.zeros((H, W, 1), bool)
+    region[2:4, 2:4] = True
+    v = {"w": jnp.asarray(np.where(region, 1.0, 0.2)[..., None], jnp.float32)}
+    x = jnp.asarray(np.where(region, -600.0, 900.0)[None], jnp.float32)
+    t = jnp.array([0])
+    ig = attribution.get("integrated_gradients")
+    for b, inside in ((0.0, False), (-1024.0, True)):
+        sal = np.asarray(ig(m, v, x, t, steps=4, baseline=b))[0]
+        np.testing.assert_allclose(sal, np.where(region[..., 0], -600.0 - b, (900.0 - b) * 0.2),
+                                   rtol=1e-5)
+        peak = np.unravel_index(np.argmax(sal), sal.shape)
+        assert bool(region[peak + (0,)]) is inside, (b, peak)
+
+
 def test_riemann_nodes():
     a, w = gradients.riemann_nodes("midpoint", 4)
     np.testing.assert_allclose(a, [0.125, 0.375, 0.625, 0.875])

@@ -143,6 +143,16 @@ def test_default_methods_follow_the_registry():
     assert reg["regression_iba"][1] == {"loss": "push_up"}
     assert not any(attribution.info(m).needs for m in evaluation.default_methods(
         with_needs=False))
+    black = evaluation.default_methods(fast=True, hparams={
+        "integrated_gradients": {"baseline": -1024.0}, "iba": {"beta": 5.0}}, with_needs=False)
+    assert black["integrated_gradients"] == ("integrated_gradients",
+                                              {"steps": 16, "baseline": -1024.0})
+    assert "iba" not in black  # left out by with_needs: its entry is ignored
+    assert black["gradcam"] == ("gradcam", {})  # methods not named keep their settings
+    with pytest.raises(ValueError, match="unknown attribution method 'ig'"):
+        evaluation.default_methods(hparams={"ig": {"steps": 4}})
+    with pytest.raises(ValueError, match="no hyperparameter.*base; it takes steps, baseline"):
+        evaluation.default_methods(hparams={"integrated_gradients": {"base": 0.0}})
     assert list(evaluation.select(cls, "iba,gradient")) == ["iba", "gradient"]
     with pytest.raises(ValueError, match="Unknown methods"):
         evaluation.select(cls, "gradient,foo")

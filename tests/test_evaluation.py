@@ -175,8 +175,10 @@ def test_evaluate_checkpoint_end_to_end_writes_results_report_and_noise_check(tm
     c.num_test, c.max_per_finding, c.batch_size, c.iba_samples = 24, 1, 4, 32
     c.faithfulness, c.sensitivity_num_n = False, 0  # both covered by the engine tests above
     c.devices = 1  # the 8-device path: test_scores_on_eight_devices_equal_one_device
+    c.hparams = {"gradient": {"reduce": "sum_abs"}}  # the config's overrides reach the methods
     res = evaluation.evaluate_checkpoint(edir, tdir, c, progress=False)
     assert set(res["pointing_game"]) == {"gradient", "iba", "multilayer_iba", "centre"}
+    assert res["settings"]["methods"]["gradient"] == ["gradient", {"reduce": "sum_abs"}]
     for name in ("results.json", "index.html", "per_image.jsonl", "table_pointing_game.csv"):
         assert os.path.exists(os.path.join(edir, name)), name
     flat = lambda d: {(l, f): v for l, per in d.items() for f, v in per.items()}
@@ -191,7 +193,9 @@ def test_evaluate_checkpoint_end_to_end_writes_results_report_and_noise_check(tm
     assert flat(again) == pytest.approx(flat(res["iba_noise"]), rel=1e-5)
     assert all(0 <= v <= 1 for v in flat(again).values())
     with open(os.path.join(edir, "index.html")) as f:
-        assert "IBA noise check" in f.read()
+        page = f.read()
+    assert "IBA noise check" in page and "Method settings" in page
+    assert "reduce=sum_abs" in page
     # A finished evaluation is returned as written, without loading the model again; a changed
     # config, or a training run that wrote its results again, evaluates again.
     class Loaded(Exception):

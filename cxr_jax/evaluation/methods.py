@@ -13,7 +13,8 @@ from cxr_jax import attribution
 
 
 def default_methods(*, fast: bool = False, regression: bool = False,
-                    cam_layer: str | None = None, with_needs: bool = True
+                    cam_layer: str | None = None, with_needs: bool = True,
+                    hparams: Mapping[str, Mapping[str, Any]] | None = None
                     ) -> dict[str, dict[str, Any]]:
     """Every registered method suited to the model, with METHODS.md's settings.
 
@@ -26,11 +27,26 @@ def default_methods(*, fast: bool = False, regression: bool = False,
         layer4). Any stage or model alias, e.g. "stride16".
       with_needs: include methods that need data-derived inputs (the IBA family); False when
         no images to estimate them from are at hand.
+      hparams: {method: {hyperparameter: value}} over those settings, e.g. a study's own
+        Integrated Gradients baseline; entries of methods left out (by `regression` or
+        `with_needs`) are ignored.
     Returns:
       {name: (name, hparams)} in registration order (the order results list them and draw
       their keys in). Pairs, not a config's {"method": name, **hparams} form: SmoothGrad's own
       hyperparameter `method` names the method it smooths.
+    Raises:
+      ValueError: `hparams` names an unregistered method or a hyperparameter its method lacks.
     """
+    hparams = dict(hparams or {})
+    for name, values in hparams.items():
+        if name not in attribution.names():
+            raise ValueError(f"hparams names an unknown attribution method {name!r}; known: "
+                             f"{', '.join(attribution.names())}.")
+        unknown = set(values) - set(attribution.info(name).parameters())
+        if unknown:
+            raise ValueError(f"hparams of {name!r} has no hyperparameter(s) "
+                             f"{', '.join(sorted(unknown))}; it takes "
+                             f"{', '.join(attribution.info(name).parameters())}.")
     out = {}
     for info in attribution.infos():
         if not info.suits(regression=regression) or (info.needs and not with_needs):
@@ -38,6 +54,7 @@ def default_methods(*, fast: bool = False, regression: bool = False,
         hp = info.settings(fast=fast)
         if cam_layer and info.layer == "explain":
             hp["layer"] = cam_layer
+        hp.update(hparams.get(info.name, {}))
         out[info.name] = (info.name, hp)
     return out
 

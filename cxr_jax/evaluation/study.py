@@ -72,6 +72,13 @@ def gallery(workdir: str, scorer: Scorer, variables, images, masks, labels, name
     return path
 
 
+def _plain(hparams) -> dict | None:
+    """A config's `hparams` ({method: {name: value}}, a ConfigDict or dict) as plain dicts."""
+    if not hparams:
+        return None
+    return {k: dict(v.to_dict() if hasattr(v, "to_dict") else v) for k, v in hparams.items()}
+
+
 def spec_from_config(cfg, methods: Mapping[str, Any], size: int, *, regression: bool) -> Spec:
     """The engine's `Spec` from an evaluation config (experiments/configs/evaluate.py), with
     tolerances and blur scaled from 224 px to `size`."""
@@ -103,7 +110,8 @@ def evaluate(workdir: str, model, variables, loc: LocalisationSet, cfg, *,
         such methods out of the defaults.
       regression: the model is a regressor.
       methods: {output name: {"method": name, **hparams}} replacing the defaults (the papers'
-        configs use it for NormGrad variants and layer choices).
+        configs use it for NormGrad variants and layer choices). The config's `hparams`
+        apply to the defaults only: explicit methods carry their own settings.
       setup: an HTML paragraph describing the model and data, for the report.
       settings: more entries for results["settings"] (e.g. the model and dataset names).
     Returns:
@@ -121,7 +129,8 @@ def evaluate(workdir: str, model, variables, loc: LocalisationSet, cfg, *,
     if methods is None:
         methods = method_sets.default_methods(fast=cfg.fast, regression=regression,
                                               cam_layer=cfg.get("cam_layer") or None,
-                                              with_needs=with_data)
+                                              with_needs=with_data,
+                                              hparams=_plain(cfg.get("hparams")))
     methods = method_sets.select(methods, cfg.methods)
     prepared = attribution.prepare_all(methods, model, variables,
                                        estimation_images if with_data else None,
@@ -174,11 +183,17 @@ def _write_report(workdir, results, summary, loc, cfg, setup, regression):
 
 def report_sections(workdir: str, results: Mapping, findings, *, regression: bool,
                     prefix: str = "") -> list:
-    """The evaluation's tables (folded), agreement matrix and noise check, after the pictures
-    of `sections.lead`."""
+    """The evaluation's tables (folded), agreement matrix, noise check and each method's
+    settings, after the pictures of `sections.lead`."""
     out = sections.evaluation(results, findings, METRICS, workdir, prefix, collapse_tables=True)
     if "iba_noise" in results:
         out.append(collapsed(*sections.noise_check(results["iba_noise"], regression)))
+    methods = results.get("settings", {}).get("methods")
+    if methods:
+        out.append(collapsed("Method settings", tables.html(
+            [{"method": name, "registered method": method,
+              "settings": ", ".join(f"{k}={v}" for k, v in hp.items()) or "defaults"}
+             for name, (method, hp) in methods.items()])))
     return out
 
 
