@@ -278,6 +278,33 @@ def test_method_specs_accept_points_inside_units(workdir_model):
         explain.method_specs(loaded, "normgrad", layer=point.rsplit(".", 1)[0] + ".conv9")
 
 
+def test_named_baselines_are_the_models_black_input(workdir_model):
+    """"black" is the model's input for intensity 0 in each convention; the command's config
+    starts IG there; a bad name stops before any work."""
+    meta = lambda **kw: models.Metadata(kind="converted", path="", arch="resnet_tiny",
+                                        finding_names=("a",), input_size=64, **kw)
+    xrv = meta(channels=1, value_range=(-1024.0, 1024.0))
+    assert explain.named_baseline("black", xrv) == -1024.0
+    assert explain.named_baseline("black", meta(channels=1, value_range=(0.0, 1.0))) == 0.0
+    imagenet = meta(channels=3, value_range=(0.0, 1.0), mean=(0.485, 0.456, 0.406),
+                    std=(0.229, 0.224, 0.225))
+    np.testing.assert_allclose(explain.named_baseline("black", imagenet),
+                               [-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225], rtol=1e-6)
+    assert explain.named_baseline("zero", xrv) == 0.0
+    assert explain.named_baseline("-512", xrv) == -512.0
+    with pytest.raises(ValueError, match="unknown baseline 'grey'.*'black'"):
+        explain.named_baseline("grey", xrv)
+    loaded = models.load(workdir_model)  # trained in [-1024, 1024]
+    from experiments.configs import explain as explain_config
+    hp = {"integrated_gradients": explain_config.get_config().hparams.integrated_gradients
+          .to_dict()}
+    assert hp["integrated_gradients"]["baseline"] == "black"
+    specs = explain.method_specs(loaded, "integrated_gradients", hparams=hp)
+    assert specs["integrated_gradients"][1]["baseline"] == -1024.0
+    assert "baseline" not in explain.method_specs(loaded, "integrated_gradients")[
+        "integrated_gradients"][1]  # the library keeps the registry's b = 0
+
+
 @pytest.mark.skipif(not REAL, reason="set CXR_JAX_REAL_DATA to the real-data folder")
 def test_real_files(workdir_model, tmp_path):
     """The published files: NIH 8-bit PNGs, the COVID JPEG (three equal channels), both

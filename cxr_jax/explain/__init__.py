@@ -29,9 +29,9 @@ Modules:
 from cxr_jax.explain.engine import Explainer, Result, batch_key, stream
 from cxr_jax.explain.inputs import Item, Skip, find_images, load_input
 from cxr_jax.explain.outputs import read
-from cxr_jax.explain.run import DEFAULT_METHODS, explain_files, method_specs
+from cxr_jax.explain.run import DEFAULT_METHODS, explain_files, method_specs, named_baseline
 from cxr_jax.explain.targets import Targets, parse, ranking_scores
 
 __all__ = ["DEFAULT_METHODS", "Explainer", "Item", "Result", "Skip", "Targets", "batch_key",
-           "explain_files", "find_images", "load_input", "method_specs", "parse",
+           "explain_files", "find_images", "load_input", "method_specs", "named_baseline", "parse",
            "ranking_scores", "read", "stream"]

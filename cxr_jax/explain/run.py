@@ -40,11 +40,13 @@ def method_specs(loaded: models.Loaded, methods: str | Sequence[str], *,
     """{method: (method, hparams)}: the registry's fast settings, then `layer` for methods that
     explain one layer (the CAM family, NormGrad, IBA; those of several layers, such as
     Multi-layer IBA, keep the model's), then
-    `hparams[method]`. Every name and layer is checked here, before any work.
+    `hparams[method]`; a baseline given by name ("black", "zero") becomes the model's input
+    (`named_baseline`). Every name and layer is checked here, before any work.
 
     Raises:
       ValueError: an unknown method or layer, a method that does not suit the model's task, or
-        hyperparameters for a method that was not chosen (each message lists what is valid).
+        hyperparameters for a method that was not chosen, an unknown baseline name (each
+        message lists what is valid).
     """
     names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
     names = [m for m in names if m]
@@ -69,11 +71,37 @@ def method_specs(loaded: models.Loaded, methods: str | Sequence[str], *,
         if layer and info.layer is not None and isinstance(model.layer(role=info.layer), str):
             hp["layer"] = layer  # methods of one layer; those of several keep theirs
         hp.update(hparams.get(name, {}))
+        if isinstance(hp.get("baseline"), str):
+            hp["baseline"] = named_baseline(hp["baseline"], loaded.metadata, name)
         if hp.get("layer") is not None:
             # raises, listing the model's stages (points inside units are accepted too)
             attribution.resolve_layers(model, hp["layer"])
         specs[name] = (name, hp)
     return specs
+
+
+def named_baseline(name: str, meta: models.Metadata, method: str = "integrated_gradients"
+                   ) -> float | list[float]:
+    """A path method's baseline given by name, as the model's input.
+
+    "black": the model's input for a black image (intensity 0: -1024 in TorchXRayVision's
+    [-1024, 1024], 0 in [0, 1], -mean/std per channel for ImageNet models); "zero": an input of
+    zeros (METHODS.md's b = 0, mid-grey in [-1024, 1024]); or a number, as text.
+    Returns a float, or one float per channel where the channels differ.
+
+    Raises:
+      ValueError: any other name.
+    """
+    if name == "zero":
+        return 0.0
+    if name == "black":
+        black = meta.to_input(np.zeros((1, 1), np.float32)).reshape(-1)
+        return float(black[0]) if np.all(black == black[0]) else [float(v) for v in black]
+    try:
+        return float(name)
+    except ValueError:
+        raise ValueError(f"{method}: unknown baseline {name!r}; use 'black' (the model's input "
+                         f"for a black image), 'zero', or a number.") from None
 
 
 def _stats_source(items: Sequence[Item], loaded: models.Loaded, limit: int, min_side: int):
