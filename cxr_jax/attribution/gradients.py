@@ -232,7 +232,10 @@ def integrated_gradients(model, variables, x, targets, *, layer=None, key=None,
       model, variables, x, targets: as `gradient`.
       layer, key: unused.
       steps: m, the number of path points (default 50; trapezoid uses m + 1).
-      baseline: b, broadcastable to x (None: zeros).
+      baseline: b, broadcastable to x (None: zeros, METHODS.md's b = 0). For radiographs in
+        [-1024, 1024] zero is mid-grey, and a finding that brightens the dark lung then scores
+        negative; the studies' configs and the explain command pass the black image, -1024
+        (experiments/configs/evaluate.py says why; `cxr_jax.explain.named_baseline`).
       rule: "midpoint" (default) | "left" | "right" | "trapezoid".
       chunk: path points per vectorised pass (chunk * B images at once); None: about 16
         images per pass (`common.auto_chunk`), best on CPU; raise it on accelerators.
