@@ -240,8 +240,15 @@ def test_guided_relu_backward_rule():
 
 
 def test_relu_is_jax_relu_bit_for_bit_with_zero_slope_at_zero():
-    x = jnp.array([-2.0, -0.0, 0.0, 1e-30, 3.0, -jnp.inf, jnp.inf])
-    np.testing.assert_array_equal(relu(x), jax.nn.relu(x))
+    x = jnp.array([-2.0, -0.0, 0.0, 1e-30, 3.0, -jnp.inf, jnp.inf, jnp.nan])
+    for dtype in (jnp.float32, jnp.bfloat16):
+        for f in (lambda a: a, jax.jit):  # eager and inside a compiled program
+            ours, ref = f(relu)(x.astype(dtype)), f(jax.nn.relu)(x.astype(dtype))
+            assert ours.dtype == ref.dtype == dtype
+            np.testing.assert_array_equal(ours, ref)  # NaN where NaN
+            np.testing.assert_array_equal(np.signbit(np.asarray(ours, np.float32)),
+                                          np.signbit(np.asarray(ref, np.float32)))
+    x = x[:-1]
     g = jnp.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
     np.testing.assert_array_equal(jax.vjp(relu, x)[1](g)[0], jax.vjp(jax.nn.relu, x)[1](g)[0])
     np.testing.assert_array_equal(jax.grad(lambda v: relu(v).sum())(x)[:3], [0.0, 0.0, 0.0])
