@@ -34,6 +34,7 @@ import numpy as np
 from cxr_jax import evaluation, training
 from cxr_jax.data import datasets
 from cxr_jax.common.files import read_json, write_json, write_text
+from cxr_jax.common.trees import plain
 from cxr_jax.evaluation import aggregate, engine
 from cxr_jax.report import figures, sections, tables, write_index
 from cxr_jax.report.html import caption, image
@@ -99,10 +100,6 @@ def _ci_text(ci) -> str:
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
-def _plain(d) -> Any:
-    return d.to_dict() if hasattr(d, "to_dict") else d
-
-
 def _findings(c, res: Mapping) -> list[str]:
     """The config's findings, else the model's in its own order: the bootstrap resamples the
     findings one after another, so a reused evaluation must pass them as the live run did
@@ -124,7 +121,7 @@ def model_rows(tag: str, res: Mapping, per_image: Sequence[dict], c) -> list[dic
       c: the comparison config.
     """
     findings = _findings(c, res)
-    paper = _plain(c.get("paper", {})) or {}
+    paper = plain(c.get("paper", {})) or {}
     methods = [m for m in res["table"] if not (m == "centre" and c.layout != "pointing_game")]
     cis = aggregate.intervals(per_image, findings, methods)
     rows = []
@@ -287,7 +284,7 @@ def check_claims(claims: Sequence[Mapping], rows: Sequence[dict], results: Mappi
               "best_model": lambda c: _check_best_model(rows, c) + (None,)}
     out = []
     for claim in claims:
-        claim = dict(_plain(claim))
+        claim = dict(plain(claim))
         kind, data = claim.get("kind"), claim.get("data", "phantoms")
         noise = None
         if kind == "untestable":

@@ -1,4 +1,5 @@
-"""Values at paths in nested mappings (variables trees, configs): get, set, replace."""
+"""Nested mappings (variables trees, configs): values at paths (get, set, replace), and configs
+as plain dicts."""
 
 from __future__ import annotations
 
@@ -39,3 +40,9 @@ def replace_path(tree: Mapping[str, Any], path: Sequence[str], value: Any) -> di
     else:
         out[path[0]] = replace_path(tree[path[0]], path[1:], value)
     return out
+
+
+def plain(config: Any) -> Any:
+    """A config (an ml_collections ConfigDict, nested ones included) as plain dicts; anything
+    else (a dict, None) as it is."""
+    return config.to_dict() if hasattr(config, "to_dict") else config

@@ -21,6 +21,7 @@ import numpy as np
 from cxr_jax import attribution, runtime, training
 from cxr_jax.common import sharding
 from cxr_jax.common.files import read_json, write_json
+from cxr_jax.common.trees import plain
 from cxr_jax.data import datasets
 from cxr_jax.data.types import LocalisationSet
 from cxr_jax.evaluation import methods as method_sets
@@ -70,13 +71,6 @@ def gallery(workdir: str, scorer: Scorer, variables, images, masks, labels, name
     figures.save_overlays(images[ids], maps, path, masks=masks[ids, ks],
                           row_titles=[names[k] for k in ks])
     return path
-
-
-def _plain(hparams) -> dict | None:
-    """A config's `hparams` ({method: {name: value}}, a ConfigDict or dict) as plain dicts."""
-    if not hparams:
-        return None
-    return {k: dict(v.to_dict() if hasattr(v, "to_dict") else v) for k, v in hparams.items()}
 
 
 def spec_from_config(cfg, methods: Mapping[str, Any], size: int, *, regression: bool) -> Spec:
@@ -130,7 +124,7 @@ def evaluate(workdir: str, model, variables, loc: LocalisationSet, cfg, *,
         methods = method_sets.default_methods(fast=cfg.fast, regression=regression,
                                               cam_layer=cfg.get("cam_layer") or None,
                                               with_needs=with_data,
-                                              hparams=_plain(cfg.get("hparams")))
+                                              hparams=plain(cfg.get("hparams")))
     methods = method_sets.select(methods, cfg.methods)
     prepared = attribution.prepare_all(methods, model, variables,
                                        estimation_images if with_data else None,
@@ -201,14 +195,14 @@ def _request(cfg, methods, checkpoint: str) -> dict:
     """What an evaluation was asked for, as its results file holds it (a JSON round trip): the
     config, the methods and a digest of the training run's config.json and results.json (a
     retrained checkpoint changes it)."""
-    plain = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    config = dict(plain(cfg))
     digest = hashlib.sha256()
     for name in ("config.json", "results.json"):
         path = os.path.join(checkpoint, name)
         if os.path.exists(path):
             with open(path, "rb") as f:
                 digest.update(f.read())
-    return json.loads(json.dumps({"config": plain, "methods": methods,
+    return json.loads(json.dumps({"config": config, "methods": methods,
                                   "trained": digest.hexdigest()[:16]}, sort_keys=True,
                                  default=str))
 
