@@ -9,7 +9,7 @@ import pytest
 
 from cxr_jax import models
 from cxr_jax.models import guided_relu, stage_shapes
-from cxr_jax.models.layers import BatchNorm, relu
+from cxr_jax.models.layers import BatchNorm, Conv, Dense, relu
 
 TORCHVISION_PARAMS = {
     "densenet121": 7_978_856,
@@ -237,6 +237,18 @@ def test_guided_relu_backward_rule():
     _, vjp = jax.vjp(guided_relu, x)
     np.testing.assert_array_equal(vjp(g)[0], jnp.array([0.0, 0.0, 2.0, 0.0, 0.5]))
     np.testing.assert_array_equal(guided_relu(x), jax.nn.relu(x))
+    # Edge values, both dtypes, eager and compiled: jax.nn.relu's forward bits, and the
+    # gradient passes only at strictly positive inputs (not at 0, -0 or NaN).
+    x = jnp.array([-2.0, -0.0, 0.0, 1e-30, 3.0, -jnp.inf, jnp.inf, jnp.nan])
+    g = jnp.array([1.0, 1.0, 1.0, 1.0, -1.0, 1.0, 2.0, 1.0])
+    for dtype in (jnp.float32, jnp.bfloat16):
+        for f in (lambda a: a, jax.jit):
+            both = f(lambda v, c: (guided_relu(v), jax.vjp(guided_relu, v)[1](c)[0]))
+            y, dx = (np.asarray(a, np.float32) for a in both(x.astype(dtype), g.astype(dtype)))
+            np.testing.assert_array_equal(y, np.asarray(jax.nn.relu(x.astype(dtype)), np.float32))
+            assert not np.signbit(y[:7]).any()
+            np.testing.assert_array_equal(dx,
+                                          [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 2.0, 0.0])
 
 
 def test_relu_is_jax_relu_bit_for_bit_with_zero_slope_at_zero():
@@ -284,6 +296,28 @@ def test_batchnorm_equals_flax_bit_for_bit_in_both_modes(dtype):
     expected = ValueError if dtype == jnp.float32 else flax.errors.ScopeParamShapeError
     with pytest.raises(expected, match="scale"):  # bf16 runs Flax's code, with Flax's error
         ours.apply(bad, x, use_running_average=True)
+
+
+def test_conv_and_dense_fetch_parameters_like_flax_and_check_their_shapes():
+    """Our Conv and Dense skip Flax's traced shape check of existing parameters: the same
+    variables and bits as Flax's layers, and a mismatched parameter still stops the apply."""
+    x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
+    pairs = [(Conv(4, (3, 3), padding=((1, 1), (1, 1))), nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)))),
+             (Dense(5), nn.Dense(5))]
+    for ours, theirs in pairs:
+        v = ours.init(jax.random.key(1), x)
+        assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape,
+                                                          theirs.init(jax.random.key(1), x))
+        for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(theirs.init(jax.random.key(1), x))):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(jax.jit(ours.apply)(v, x), jax.jit(theirs.apply)(v, x))
+        bad = {"params": {**v["params"], "kernel": v["params"]["kernel"][..., :-1]}}
+        with pytest.raises(ValueError, match="'kernel' has shape .* needs"):
+            ours.apply(bad, x)
+    model, variables, x = _tiny("densenet_tiny")
+    other = models.get("densenet_tiny", num_classes=model.num_classes + 1)
+    with pytest.raises(ValueError, match="classifier.*'kernel'.*do not belong"):
+        other.apply(variables, x)
 
 
 def test_guided_model_same_forward_guided_gradient():

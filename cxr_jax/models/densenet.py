@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cxr_jax.models.base import Layers, Model, Stage
-from cxr_jax.models.layers import (BatchNorm, avg_pool_2x2, conv, global_avg_pool,
+from cxr_jax.models.layers import (BatchNorm, Dense, avg_pool_2x2, conv, global_avg_pool,
                                    max_pool_3x3_s2, relu_fn)
 
 
@@ -114,8 +114,8 @@ def densenet(
         Stage("relu5", fn=relu),
         Stage("avgpool", fn=global_avg_pool),
         Stage("classifier", ("classifier",),
-              nn.Dense(num_classes, dtype=dtype, bias_init=nn.initializers.zeros,
-                       name="classifier"), mode="none"),
+              Dense(num_classes, dtype=dtype, bias_init=nn.initializers.zeros,
+                    name="classifier"), mode="none"),
     ]
     config = dict(growth_rate=growth_rate, block_config=tuple(block_config),
                   num_init_features=num_init_features, bn_size=bn_size, guided=guided, dtype=dtype)

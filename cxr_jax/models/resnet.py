@@ -25,7 +25,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cxr_jax.models.base import Layers, Model, Point, Stage
-from cxr_jax.models.layers import BatchNorm, conv, global_avg_pool, max_pool_3x3_s2, relu_fn
+from cxr_jax.models.layers import (BatchNorm, Dense, conv, global_avg_pool, max_pool_3x3_s2,
+                                   relu_fn)
 
 
 def _plain(name, layer, x):
@@ -197,7 +198,7 @@ def resnet(
         stages.append(Stage(layer, fn=_identity))
     stages += [
         Stage("avgpool", fn=global_avg_pool),
-        Stage("fc", ("fc",), nn.Dense(num_classes, dtype=dtype, name="fc"), mode="none"),
+        Stage("fc", ("fc",), Dense(num_classes, dtype=dtype, name="fc"), mode="none"),
     ]
     config = dict(block=block, layers=tuple(layers), widths=tuple(widths), stem=stem,
                   guided=guided, dtype=dtype)
