@@ -29,11 +29,17 @@ class DenseLayer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, feats, train: bool = False):
+        """feats: the block's input and the earlier layers' outputs, a tuple of arrays (their
+        concatenation is torchvision's layer input) or one array."""
         relu = relu_fn(self.guided)
         bn = lambda name: BatchNorm(use_running_average=not train, dtype=self.dtype, name=name)
-        h = conv(self.bn_size * self.growth_rate, 1, name="conv1", dtype=self.dtype)(
-            relu(bn("norm1")(x)))
+        # In eval mode the inputs are normalised and rectified piece by piece, then
+        # concatenated: the values of torchvision's concatenate-normalise-rectify, while the
+        # concatenation of the raw inputs is never made (nor kept for the backward pass).
+        h = bn("norm1")(feats)
+        h = jnp.concatenate([relu(p) for p in h], axis=-1) if isinstance(h, tuple) else relu(h)
+        h = conv(self.bn_size * self.growth_rate, 1, name="conv1", dtype=self.dtype)(h)
         return conv(self.growth_rate, 3, padding=1, name="conv2", dtype=self.dtype)(
             relu(bn("norm2")(h)))
 
@@ -49,12 +55,16 @@ class DenseBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        feats = x
+        # Eval mode hands each layer the pieces (see DenseLayer); training concatenates as it
+        # goes, as torchvision does (training's batch statistics need the whole input anyway,
+        # and its gradients keep the bits they had).
+        feats = (x,)
         for j in range(self.num_layers):
+            inputs = jnp.concatenate(feats, axis=-1) if train else feats
             new = DenseLayer(self.growth_rate, self.bn_size, self.guided, self.dtype,
-                             name=f"denselayer{j + 1}")(feats, train)
-            feats = jnp.concatenate([feats, new.astype(feats.dtype)], axis=-1)
-        return feats
+                             name=f"denselayer{j + 1}")(inputs, train)
+            feats = (inputs, new.astype(x.dtype)) if train else feats + (new.astype(x.dtype),)
+        return jnp.concatenate(feats, axis=-1)
 
 
 class Transition(nn.Module):
