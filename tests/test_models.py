@@ -1,7 +1,5 @@
 """The stage-pipeline models: sizes, stages, taps, edits, start, guided ReLU, compilation."""
 
-import dataclasses
-
 import flax
 import flax.linen as nn
 import jax
@@ -298,54 +296,6 @@ def test_batchnorm_equals_flax_bit_for_bit_in_both_modes(dtype):
     expected = ValueError if dtype == jnp.float32 else flax.errors.ScopeParamShapeError
     with pytest.raises(expected, match="scale"):  # bf16 runs Flax's code, with Flax's error
         ours.apply(bad, x, use_running_average=True)
-
-
-def test_batchnorm_on_pieces_equals_batchnorm_on_their_concatenation():
-    """A DenseNet layer hands BatchNorm its inputs as pieces: eval mode in float32 normalises
-    them one by one with the same bits as the concatenation; other modes (training, bf16)
-    give the normalised concatenation itself."""
-    k = jax.random.split(jax.random.key(0), 3)
-    pieces = (jax.random.normal(k[0], (2, 5, 5, 4)) * 3.0, jax.random.normal(k[1], (2, 5, 5, 2)),
-              jax.random.normal(k[2], (2, 5, 5, 3)) - 1.0)
-    whole = jnp.concatenate(pieces, axis=-1)
-    bn = BatchNorm()
-    v = bn.init(jax.random.key(1), whole, use_running_average=True)
-    v = jax.tree.map(lambda a: a + jax.random.uniform(jax.random.key(2), a.shape), v)
-    run = jax.jit(lambda v, x: bn.apply(v, x, use_running_average=True))
-    out = run(v, pieces)
-    assert isinstance(out, tuple) and [o.shape for o in out] == [p.shape for p in pieces]
-    np.testing.assert_array_equal(jnp.concatenate(out, axis=-1), run(v, whole))
-    train, _ = bn.apply(v, pieces, use_running_average=False, mutable=["batch_stats"])
-    np.testing.assert_array_equal(
-        train, bn.apply(v, whole, use_running_average=False, mutable=["batch_stats"])[0])
-    with pytest.raises(ValueError, match="'scale'"):
-        bn.apply(v, pieces[:2], use_running_average=True)
-
-
-def test_densenet_eval_pieces_give_the_concatenated_layers_bits():
-    """Eval mode never concatenates a dense layer's raw inputs; the logits and input
-    gradients equal those of the torchvision order (concatenate, normalise, rectify)."""
-    from cxr_jax.models import densenet as dn
-
-    class ConcatBlock(dn.DenseBlock):
-        @nn.compact
-        def __call__(self, x, train=False):
-            for j in range(self.num_layers):
-                new = dn.DenseLayer(self.growth_rate, self.bn_size, self.guided, self.dtype,
-                                    name=f"denselayer{j + 1}")(x, train)
-                x = jnp.concatenate([x, new], axis=-1)
-            return x
-
-    model, variables, x = _tiny("densenet_tiny")
-    stages = tuple(dataclasses.replace(s, module=ConcatBlock(*(getattr(s.module, f) for f in (
-        "num_layers", "growth_rate", "bn_size", "guided", "dtype")), name=s.module.name))
-        if isinstance(s.module, dn.DenseBlock) else s for s in model.stage_list)
-    # Another name: models compare (and cache compiled programs) by name and config.
-    concat = dataclasses.replace(model, name="densenet_tiny_concat", stage_list=stages)
-    assert sum(isinstance(s.module, ConcatBlock) for s in concat.stage_list) == 4
-    grad = lambda m: jax.jit(jax.grad(lambda x: m.apply(variables, x)[:, 1].sum()))(x)
-    np.testing.assert_array_equal(model.apply(variables, x), concat.apply(variables, x))
-    np.testing.assert_array_equal(grad(model), grad(concat))
 
 
 def test_conv_and_dense_fetch_parameters_like_flax_and_check_their_shapes():

@@ -29,17 +29,11 @@ class DenseLayer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, feats, train: bool = False):
-        """feats: the block's input and the earlier layers' outputs, a tuple of arrays (their
-        concatenation is torchvision's layer input) or one array."""
+    def __call__(self, x, train: bool = False):
         relu = relu_fn(self.guided)
         bn = lambda name: BatchNorm(use_running_average=not train, dtype=self.dtype, name=name)
-        # In eval mode the inputs are normalised and rectified piece by piece, then
-        # concatenated: the values of torchvision's concatenate-normalise-rectify, while the
-        # concatenation of the raw inputs is never made (nor kept for the backward pass).
-        h = bn("norm1")(feats)
-        h = jnp.concatenate([relu(p) for p in h], axis=-1) if isinstance(h, tuple) else relu(h)
-        h = conv(self.bn_size * self.growth_rate, 1, name="conv1", dtype=self.dtype)(h)
+        h = conv(self.bn_size * self.growth_rate, 1, name="conv1", dtype=self.dtype)(
+            relu(bn("norm1")(x)))
         return conv(self.growth_rate, 3, padding=1, name="conv2", dtype=self.dtype)(
             relu(bn("norm2")(h)))
 
@@ -55,16 +49,12 @@ class DenseBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        # Eval mode hands each layer the pieces (see DenseLayer); training concatenates as it
-        # goes, as torchvision does (training's batch statistics need the whole input anyway,
-        # and its gradients keep the bits they had).
-        feats = (x,)
+        feats = x
         for j in range(self.num_layers):
-            inputs = jnp.concatenate(feats, axis=-1) if train else feats
             new = DenseLayer(self.growth_rate, self.bn_size, self.guided, self.dtype,
-                             name=f"denselayer{j + 1}")(inputs, train)
-            feats = (inputs, new.astype(x.dtype)) if train else feats + (new.astype(x.dtype),)
-        return jnp.concatenate(feats, axis=-1)
+                             name=f"denselayer{j + 1}")(feats, train)
+            feats = jnp.concatenate([feats, new.astype(feats.dtype)], axis=-1)
+        return feats
 
 
 class Transition(nn.Module):

@@ -159,35 +159,22 @@ class BatchNorm(nn.BatchNorm):
 
     @nn.compact
     def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
-        """x: an array, or a tuple of arrays whose channels, concatenated, are the layer's
-        input (a DenseNet layer's inputs). For a tuple, eval mode in float32 gives the
-        normalised pieces back as a tuple, normalised one by one; other modes give the
-        normalised concatenation."""
-        pieces = tuple(x) if isinstance(x, (tuple, list)) else (x,)
         eval_mode = nn.merge_param("use_running_average", self.use_running_average,
                                    use_running_average)
         f32 = jnp.dtype(jnp.float32)
-        if not (eval_mode and mask is None and self.axis in (-1, pieces[0].ndim - 1)
+        if not (eval_mode and mask is None and self.axis in (-1, x.ndim - 1)
                 and self.use_scale and self.use_bias and self.force_float32_reductions
-                and all(p.dtype == f32 for p in pieces) and jnp.dtype(self.param_dtype) == f32
+                and x.dtype == f32 and jnp.dtype(self.param_dtype) == f32
                 and (self.dtype is None or jnp.dtype(self.dtype) == f32)):
-            x = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=-1)
             return super().__call__(x, use_running_average, mask=mask)
-        shape = (sum(p.shape[-1] for p in pieces),)
+        shape = (x.shape[-1],)
         mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, f32), shape).value
         var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, f32), shape).value
         scale = self._param("scale", self.scale_init, shape)
         bias = self._param("bias", self.bias_init, shape)
         mul = lax.mul(lax.rsqrt(lax.add(var, f32.type(self.epsilon))), scale)
-        out, start = [], 0
-        for p in pieces:  # per piece, the same operations with its channels' statistics
-            stop = start + p.shape[-1]
-            stats = [v if len(pieces) == 1 else lax.slice_in_dim(v, start, stop)
-                     for v in (mean, mul, bias)]
-            m, k, b = (lax.broadcast_in_dim(v, p.shape, (p.ndim - 1,)) for v in stats)
-            out.append(lax.add(lax.mul(lax.sub(p, m), k), b))
-            start = stop
-        return tuple(out) if isinstance(x, (tuple, list)) else out[0]
+        spread = lambda v: lax.broadcast_in_dim(v, x.shape, (x.ndim - 1,))
+        return lax.add(lax.mul(lax.sub(x, spread(mean)), spread(mul)), spread(bias))
 
     def _param(self, name: str, init: Callable, shape: tuple[int, ...]) -> jax.Array:
         value = existing_param(self, name, (shape,))
