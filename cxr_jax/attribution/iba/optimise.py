@@ -2,8 +2,9 @@
 
 Each image has its own alpha [h, w, C] and its own optax Adam state (vmapped over the batch); a
 `lax.scan` runs the steps; a step reruns only the stages after the bottleneck on the
-B x samples noisy activations folded into one batch. One program explains a batch, with no host
-round trips; keys are explicit (`fold_in` per image and per step). Several bottlenecks
+B x samples noisy activations folded into one batch. The smoothed masks and the noise a step
+uses are made by the step before and carried, so XLA computes each once. One program explains
+a batch, with no host round trips; keys are explicit (`fold_in` per image and per step). Several bottlenecks
 (Multi-layer IBA) are optimised in the same loop, each on its own, their noisy activations
 joining one suffix pass at their layers.
 """
@@ -11,7 +12,6 @@ joining one suffix pass at their layers.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -226,9 +226,9 @@ def optimise_images(suffix: Callable[[tuple[Array, ...]], tuple[Array, ...]],
                     settings: Settings, *, inverse: bool) -> tuple[Array, ...]:
     """Per-image bottleneck optimisation for a batch, at one or several layers at once.
 
-    Each layer l has its own bottleneck, alpha_l and Adam state per image. In a step the
-    bottlenecks are vmapped over images (noise from the image's key for that layer folded
-    with the step), the noisy activations of every layer go through `suffix` together, and the
+    Each layer l has its own bottleneck, alpha_l and Adam state per image. In a step each
+    image's noise comes from its key for that layer folded with the step; the noisy
+    activations of every layer go through `suffix` together, and the
     loss is the sum of the per-image, per-layer losses. Images do not interact (eval-mode batch
     norm) and neither do layers (layer l's loss reads only its own logits), so the gradient
     with respect to alpha_l of image i is that of image i at layer l alone: the capacities
@@ -260,22 +260,21 @@ def optimise_images(suffix: Callable[[tuple[Array, ...]], tuple[Array, ...]],
     opt = optax.adam(s.lr)
     sign = -1.0 if inverse else 1.0
 
-    def lambdas(alpha):
-        lam = smooth(jax.nn.sigmoid(alpha), s.sigma)
-        return lam, smooth(jax.nn.sigmoid(-alpha), s.sigma)  # 1 - lam, without cancellation
+    def lambdas(alpha):  # per layer, [B, h, w, C] each: (lam, 1 - lam without cancellation)
+        return tuple((smooth(jax.nn.sigmoid(a), s.sigma), smooth(jax.nn.sigmoid(-a), s.sigma))
+                     for a in alpha)
 
-    def bottleneck(l, alpha, r_std_i, signal_i, key):  # one image, layer l
-        lam, lam_c = lambdas(alpha)
-        cap = kl_capacity(r_std_i, lam, lam_c) * active[l]
-        noise = mu[l] + sd[l] * standard_normal(key, (s.samples,) + alpha.shape)
-        z = lam * noise + lam_c * signal_i if inverse else lam * signal_i + lam_c * noise
-        return z, cap
+    def draws(i):  # the standard normal draws of step i, per layer [B, samples, h, w, C]
+        return tuple(jax.vmap(lambda k, shape=r.shape[1:]: standard_normal(
+            jax.random.fold_in(k, i), (s.samples,) + shape))(k) for k, r in zip(keys, R))
 
-    def total_loss(alpha, step_keys):
-        zs, loss = [], 0.0
-        for l in range(len(R)):
-            z, cap = jax.vmap(functools.partial(bottleneck, l))(alpha[l], r_std[l], signal[l],
-                                                               step_keys[l])
+    def total_loss(lams, eps):
+        loss, zs = 0.0, []
+        for l, ((lam, lam_c), e) in enumerate(zip(lams, eps)):
+            cap = kl_capacity(r_std[l], lam, lam_c) * active[l]
+            noise = mu[l] + sd[l] * e
+            lam, lam_c, sig = lam[:, None], lam_c[:, None], signal[l][:, None]
+            z = lam * noise + lam_c * sig if inverse else lam * sig + lam_c * noise
             zs.append(z.reshape((batch * s.samples,) + z.shape[2:]))
             loss = loss + s.beta * jnp.mean(cap, axis=(1, 2, 3))
         for logits in suffix(tuple(zs)):
@@ -283,17 +282,24 @@ def optimise_images(suffix: Callable[[tuple[Array, ...]], tuple[Array, ...]],
             loss = loss + sign * jax.vmap(model_loss)(logits, aux)
         return jnp.sum(loss)
 
+    # A step differentiates the loss with respect to the smoothed masks and maps that gradient
+    # to alpha by the smoothing's own vjp. The masks and the noise a step uses are made at the
+    # end of the step before (and carried), so each is computed once per step and stored:
+    # XLA:CPU would otherwise fuse them into every consumer, recomputing the noise in the
+    # forward and the backward and the smoothing once per noise sample.
     def step(carry, i):
-        alpha, state = carry
-        step_keys = tuple(jax.vmap(jax.random.fold_in, (0, None))(k, i) for k in keys)
-        grad = jax.grad(total_loss)(alpha, step_keys)
+        alpha, state, lams, eps = carry
+        grad_lams = jax.grad(total_loss)(lams, eps)
+        grad = jax.vjp(lambdas, alpha)[1](grad_lams)[0]
         updates, state = jax.vmap(opt.update)(grad, state, alpha)
-        return (optax.apply_updates(alpha, updates), state), None
+        alpha = optax.apply_updates(alpha, updates)
+        nxt = jax.lax.cond(i + 1 < s.steps - 1, draws, lambda _: eps, i + 1)
+        return (alpha, state, lambdas(alpha), nxt), None
 
     alpha = tuple(jnp.full(r.shape, s.alpha0, jnp.float32) for r in R)
-    carry = (alpha, jax.vmap(opt.init)(alpha))
+    carry = (alpha, jax.vmap(opt.init)(alpha), lambdas(alpha), draws(0))
     # The last step's update is never used: only its capacity is reported, and the capacity
     # depends on alpha alone, so steps - 1 updates run through the suffix and none more.
-    (alpha, _), _ = jax.lax.scan(step, carry, jnp.arange(s.steps - 1),
-                                 unroll=1 if s.unroll is None else s.unroll)
-    return tuple(kl_capacity(r, *lambdas(a)) * act for r, a, act in zip(r_std, alpha, active))
+    (alpha, _, lams, _), _ = jax.lax.scan(step, carry, jnp.arange(s.steps - 1),
+                                          unroll=1 if s.unroll is None else s.unroll)
+    return tuple(kl_capacity(r, *lam) * act for r, lam, act in zip(r_std, lams, active))
