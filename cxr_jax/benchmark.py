@@ -4,14 +4,15 @@
     {"forward_s_per_image": ..., "forward_compile_s": ..., "device": ..., "methods":
      {name: {"s_per_image", "ratio_to_forward", "forward_s_per_image", "compile_s", "repeats",
              "hparams"}}}
-`setup` is [model, image size, batch, classes, malloc setting]; results of another setup are
-not mixed in. Each method is made ready by `cxr_jax.attribution.prepare` (statistics, where a
-method needs them, from the timed batch itself), jitted once (compile time = lowering +
-compilation, measured separately), run once to warm up, then timed `repeats` times, each call
-right after a forward call: the ratio is the median of the pairs' ratios and the method's
-`forward_s_per_image` the forward beside it (the machine's speed drifts; see `time_paired`). The file is rewritten after every method, and methods
-already in it are skipped on a rerun unless `overwrite`. Weights are random: speed does not
-depend on them. Timings are never part of the test suite.
+`setup` is [model, image size, batch, classes, malloc setting, XLA_FLAGS]; results of another
+setup are not mixed in. Each method is made ready by `cxr_jax.attribution.prepare`
+(statistics, where a method needs them, from the timed batch itself), jitted once (compile
+time = lowering + compilation, measured separately), run once to warm up, then timed
+`repeats` times, each call right after a forward call: the ratio is the median of the pairs'
+ratios and the method's `forward_s_per_image` the forward beside it (the machine's speed
+drifts; see `time_paired`). The file is rewritten after every method, and methods already in
+it are skipped on a rerun unless `overwrite`. Weights are random: speed does not depend on
+them. Timings are never part of the test suite.
 """
 
 from __future__ import annotations
@@ -96,13 +97,15 @@ def run(workdir: str, *, model_name: str, image_size: int, batch_size: int, num_
     fwd_times = time_calls(fwd, variables, x, repeats=max(repeats, 5), slow_s=slow_s)
     forward = statistics.median(fwd_times) / batch_size
     old = read_json(path, {})
-    # The malloc setting is part of the key: one arena runs calls ~10% faster and compiles
-    # slower (see runtime.keep_freed_memory), so timings under another are not mixed in.
+    # The malloc setting and XLA's flags are part of the key: one arena runs calls ~10% faster
+    # and compiles slower (see runtime.keep_freed_memory), and XLA:CPU's YNNPACK fusions
+    # change most times (runtime.CPU_XLA_FLAGS), so timings under others are not mixed in.
     malloc = runtime.allocator_summary()
-    setup = [model_name, image_size, batch_size, num_classes, malloc]
+    setup = [model_name, image_size, batch_size, num_classes, malloc, runtime.xla_flags()]
     result = {
         "setup": setup,
         "keep_freed_memory": runtime.allocator_tuned(),
+        "xla_flags": runtime.xla_flags(),
         "device": runtime.device_summary(),
         "forward_s_per_image": forward,
         "forward_min_s_per_image": min(fwd_times) / batch_size,

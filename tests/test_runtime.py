@@ -44,6 +44,35 @@ def test_keep_freed_memory_keeps_large_blocks_for_reuse():
     assert kept_release < 50              # kept
 
 
+_FLAGS_PROBE = r"""
+import os, sys
+import jax
+from cxr_jax import runtime
+before = runtime.use_cpu_xla_flags(("--xla_cpu_foo=1",))
+jax.devices()
+after = runtime.use_cpu_xla_flags(("--xla_cpu_baz=3",))
+print(before, after, repr(os.environ["XLA_FLAGS"]))
+"""
+
+
+def test_cpu_xla_flags_join_xla_flags_only_before_jax_starts():
+    """Added before the backends start (the user's own setting of a flag wins); refused after,
+    when XLA has read XLA_FLAGS already."""
+    import os
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", _FLAGS_PROBE], capture_output=True, text=True,
+                         check=False, env=env)
+    assert out.returncode != 0 and "xla_cpu_foo" in out.stderr  # XLA read it: unknown flag
+    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
+    probe = _FLAGS_PROBE.replace('("--xla_cpu_foo=1",)',
+                                 'runtime.CPU_XLA_FLAGS + ("--xla_backend_optimization_level=2",)')
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, env=env).stdout.split(maxsplit=2)
+    assert out[:2] == ["True", "False"]
+    assert eval(out[2]) == ("--xla_backend_optimization_level=0 "
+                            "--xla_cpu_experimental_ynn_fusion_type=")
+
+
 def test_scaling_case_runs_sharded_and_tables_the_speed_up(tmp_path):
     from cxr_jax import benchmark_scaling as bs
     assert bs.device_counts(8) == [1, 2, 4, 8] and bs.device_counts(6) == [1, 2, 4, 6]
