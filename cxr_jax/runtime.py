@@ -90,18 +90,40 @@ def _backends_started() -> bool:
         return False
 
 
+def _xla_knows(flag: str) -> bool:
+    """Whether this jaxlib's XLA defines `flag` ("--name=value"): XLA aborts the process on an
+    unknown name in XLA_FLAGS, and the YNNPACK flag is experimental (jaxlib 0.10 has it, older
+    ones do not). Looks for the name in jaxlib's shared libraries (a few ms)."""
+    import glob
+    import mmap
+    try:
+        import jaxlib
+    except ImportError:
+        return False
+    name = flag.lstrip("-").split("=")[0].encode()
+    for path in glob.glob(os.path.join(os.path.dirname(jaxlib.__file__), "*.so")):
+        try:
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                if m.find(name) >= 0:
+                    return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 def use_cpu_xla_flags(flags: tuple[str, ...] = CPU_XLA_FLAGS) -> bool:
     """Adds `flags` to the XLA_FLAGS environment variable; returns True if JAX will use them.
 
     XLA reads XLA_FLAGS once, when JAX starts its backends (the first computation or device
     query), so this must run before that; afterwards it changes nothing and returns False.
-    A flag whose name XLA_FLAGS already sets is left as the user set it. The flags
-    (`CPU_XLA_FLAGS`) concern XLA:CPU only; GPU and TPU programs ignore them.
+    A flag whose name XLA_FLAGS already sets is left as the user set it, and one this jaxlib's
+    XLA does not define is left out (XLA would abort on it). The flags (`CPU_XLA_FLAGS`)
+    concern XLA:CPU only; GPU and TPU programs ignore them.
     """
     if _backends_started():
         return False
     current = os.environ.get("XLA_FLAGS", "")
-    add = [f for f in flags if f.split("=")[0] not in current]
+    add = [f for f in flags if f.split("=")[0] not in current and _xla_knows(f)]
     if add:
         os.environ["XLA_FLAGS"] = " ".join([current, *add]).strip()
     return True

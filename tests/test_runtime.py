@@ -48,28 +48,33 @@ _FLAGS_PROBE = r"""
 import os, sys
 import jax
 from cxr_jax import runtime
-before = runtime.use_cpu_xla_flags(("--xla_cpu_foo=1",))
-jax.devices()
-after = runtime.use_cpu_xla_flags(("--xla_cpu_baz=3",))
-print(before, after, repr(os.environ["XLA_FLAGS"]))
+before = runtime.use_cpu_xla_flags(FLAGS)
+n = jax.device_count()
+after = runtime.use_cpu_xla_flags(("--xla_force_host_platform_device_count=5",))
+print(before, after, n, repr(os.environ["XLA_FLAGS"]))
 """
 
 
-def test_cpu_xla_flags_join_xla_flags_only_before_jax_starts():
-    """Added before the backends start (the user's own setting of a flag wins); refused after,
-    when XLA has read XLA_FLAGS already."""
+def _flags_probe(flags: str, xla_flags: str) -> list[str]:
     import os
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-c", _FLAGS_PROBE], capture_output=True, text=True,
-                         check=False, env=env)
-    assert out.returncode != 0 and "xla_cpu_foo" in out.stderr  # XLA read it: unknown flag
-    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
-    probe = _FLAGS_PROBE.replace('("--xla_cpu_foo=1",)',
-                                 'runtime.CPU_XLA_FLAGS + ("--xla_backend_optimization_level=2",)')
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         check=True, env=env).stdout.split(maxsplit=2)
-    assert out[:2] == ["True", "False"]
-    assert eval(out[2]) == ("--xla_backend_optimization_level=0 "
+    env = {**os.environ, "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-c", _FLAGS_PROBE.replace("FLAGS)", flags + ")", 1)],
+                          capture_output=True, text=True, check=True, env=env).stdout.split(
+                              maxsplit=3)
+
+
+def test_cpu_xla_flags_join_xla_flags_only_before_jax_starts():
+    """Added before the backends start, so XLA reads them (3 devices); refused after. A flag
+    this XLA does not define is left out (XLA would abort on it), and the user's own setting of
+    a flag wins."""
+    out = _flags_probe('("--xla_cpu_no_such_flag=1", "--xla_force_host_platform_device_count=3")',
+                       "")
+    assert out[:3] == ["True", "False", "3"]
+    assert eval(out[3]) == "--xla_force_host_platform_device_count=3"
+    out = _flags_probe('runtime.CPU_XLA_FLAGS + ("--xla_backend_optimization_level=2",)',
+                       "--xla_backend_optimization_level=0")
+    assert out[:3] == ["True", "False", "1"]
+    assert eval(out[3]) == ("--xla_backend_optimization_level=0 "
                             "--xla_cpu_experimental_ynn_fusion_type=")
 
 
