@@ -8,6 +8,7 @@ The library takes plain arguments; the experiment scripts turn their flags
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 
@@ -90,6 +91,7 @@ def _backends_started() -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=None)
 def _xla_knows(flag: str) -> bool:
     """Whether this jaxlib's XLA defines `flag` ("--name=value"): XLA aborts the process on an
     unknown name in XLA_FLAGS, and the YNNPACK flag is experimental (jaxlib 0.10 has it, older
@@ -127,6 +129,20 @@ def use_cpu_xla_flags(flags: tuple[str, ...] = CPU_XLA_FLAGS) -> bool:
     if add:
         os.environ["XLA_FLAGS"] = " ".join([current, *add]).strip()
     return True
+
+
+def train_compiler_options() -> dict | None:
+    """XLA options for a training step's `jax.jit` on the CPU; None elsewhere.
+
+    A training step's batch norm reduces over batch, height and width, which YNNPACK does
+    faster than XLA's own kernels: resnet_small's step (128 px, batch 32) took 65 ms with
+    YNNPACK's reductions alone, as with all its fusions, and 73.5 ms with none (medians of 4
+    interleaved runs of 20 steps). So where `CPU_XLA_FLAGS` turned YNNPACK off, training turns
+    its reductions back on. None off the CPU, or where this XLA lacks the option.
+    """
+    if jax.default_backend() != "cpu" or not _xla_knows(CPU_XLA_FLAGS[0]):
+        return None
+    return {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 def setup(*, compilation_cache: str | None = DEFAULT_CACHE, multihost: bool = False,

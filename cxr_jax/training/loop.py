@@ -107,7 +107,7 @@ def _steps(config, model: models.Model):
                                          class_weights=None if weights is None
                                          else jnp.asarray(weights),
                                          label_smoothing=config.get("label_smoothing", 0.0)),
-                         donate_argnums=0)
+                         donate_argnums=0, compiler_options=runtime.train_compiler_options())
     eval_fn = jax.jit(make_eval_step(model, loss=config.loss))
     return tx, mesh, train_step, eval_fn, config.batch_size // jax.process_count()
 
