@@ -19,7 +19,6 @@ DEFAULT_CACHE = os.path.expanduser("~/.cache/cxr_jax/jax")
 
 
 _allocator = "default"
-_cpu_flags = False
 
 
 def allocator_tuned() -> bool:
@@ -137,8 +136,9 @@ def train_compiler_options() -> dict | None:
     A training step's batch norm reduces over batch, height and width, which YNNPACK does
     faster than XLA's own kernels: resnet_small's step (128 px, batch 32) took 65 ms with
     YNNPACK's reductions alone, as with all its fusions, and 73.5 ms with none (medians of 4
-    interleaved runs of 20 steps). So where `CPU_XLA_FLAGS` turned YNNPACK off, training turns
-    its reductions back on. None off the CPU, or where this XLA lacks the option.
+    interleaved runs of 20 steps). So a training step on the CPU compiles with YNNPACK's
+    reductions on and its other fusions off, whatever XLA_FLAGS says for this option (a jit's
+    own options win). None off the CPU, or where this XLA lacks the option.
     """
     if jax.default_backend() != "cpu" or not _xla_knows(CPU_XLA_FLAGS[0]):
         return None
@@ -167,9 +167,9 @@ def setup(*, compilation_cache: str | None = DEFAULT_CACHE, multihost: bool = Fa
         on one machine or hosts you started by hand do not): "host:port" of process 0, the
         number of processes, and this process's index.
     """
-    global _allocator, _cpu_flags
+    global _allocator
     if cpu_xla_flags:
-        _cpu_flags = use_cpu_xla_flags()
+        use_cpu_xla_flags()
     if keep_freed and keep_freed_memory(one_arena):
         _allocator = "heap kept, one arena" if one_arena else "heap kept, default arenas"
     if multihost:
