@@ -123,8 +123,9 @@ def use_cpu_xla_flags(flags: tuple[str, ...] = CPU_XLA_FLAGS) -> bool:
     """
     if _backends_started():
         return False
-    current = os.environ.get("XLA_FLAGS", "")
-    add = [f for f in flags if f.split("=")[0] not in current and _xla_knows(f)]
+    current = xla_flags()
+    named = {f.split("=")[0] for f in current.split()}
+    add = [f for f in flags if f.split("=")[0] not in named and _xla_knows(f)]
     if add:
         os.environ["XLA_FLAGS"] = " ".join([current, *add]).strip()
     return True

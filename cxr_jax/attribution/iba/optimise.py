@@ -4,9 +4,9 @@ Each image has its own alpha [h, w, C] and its own optax Adam state (vmapped ove
 `lax.scan` runs the steps; a step reruns only the stages after the bottleneck on the
 B x samples noisy activations folded into one batch. The smoothed masks and the noise a step
 uses are made by the step before and carried, so XLA computes each once. One program explains
-a batch, with no host round trips; keys are explicit (`fold_in` per image and per step). Several bottlenecks
-(Multi-layer IBA) are optimised in the same loop, each on its own, their noisy activations
-joining one suffix pass at their layers.
+a batch, with no host round trips; keys are explicit (`fold_in` per image and per step).
+Several bottlenecks (Multi-layer IBA) are optimised in the same loop, each on its own, their
+noisy activations joining one suffix pass at their layers.
 """
 
 from __future__ import annotations
